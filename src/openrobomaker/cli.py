@@ -62,7 +62,9 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
     for path in load_definitions().export_botocore_model(args.directory):
         print(path)
-    print(f"use it with: AWS_DATA_PATH={args.directory.resolve()} python -c \"import boto3; boto3.client('robomaker')\"")
+    print(
+        f"use it with: AWS_DATA_PATH={args.directory.resolve()} python -c \"import boto3; boto3.client('robomaker')\""
+    )
     return 0
 
 

@@ -72,11 +72,14 @@ class Settings:
     credentials: list[ConfiguredCredential] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     public_url: str | None = None  # how runners and agents reach this server
+    isolation: str = "auto"  # simulation job isolation: auto | netns | userns | none
     dev_credentials: bool = False
 
     @property
     def resolved_object_store(self) -> ObjectStoreConfig:
-        return self.object_store or ObjectStoreConfig(kind="local", root=str((self.data_dir / "objects").resolve()))
+        return self.object_store or ObjectStoreConfig(
+            kind="local", root=str((self.data_dir / "objects").resolve())
+        )
 
     @property
     def resolved_database_url(self) -> str:
@@ -131,6 +134,9 @@ def build_settings(config_file: Path | None = None, **overrides: Any) -> Setting
     settings.data_dir = Path(data.get("data_dir", settings.data_dir))
     settings.database_url = data.get("database_url")
     settings.public_url = data.get("public_url")
+    settings.isolation = str(data.get("isolation", settings.isolation))
+    if settings.isolation not in ("auto", "netns", "userns", "none"):
+        raise ConfigError(f"isolation must be auto, netns, userns or none, not {settings.isolation!r}")
     store = data.get("object_store")
     if isinstance(store, dict):
         settings.object_store = ObjectStoreConfig.from_dict(store)
@@ -152,7 +158,9 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         try:
-            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None)
+            )
         except OSError:
             return False
 

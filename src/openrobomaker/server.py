@@ -43,7 +43,10 @@ def build_server_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(controller.run(), name=type(controller).__name__) for controller in controllers]
+        tasks = [
+            asyncio.create_task(controller.run(), name=type(controller).__name__)
+            for controller in controllers
+        ]
         try:
             yield
         finally:
@@ -66,8 +69,19 @@ def serve(settings: Settings) -> None:
             "no credentials configured: accepting the dev key test/test for account 000000000000 (loopback only)"
         )
     app = build_server_app(settings)
-    log.info("OpenRoboMaker listening on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir)
+    log.info(
+        "OpenRoboMaker listening on http://%s:%d (data dir %s)",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+    )
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-        loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
     )

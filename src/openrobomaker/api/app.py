@@ -81,10 +81,18 @@ class RoboMakerApi:
         operation_name, account, status = "-", "-", 500
         try:
             body = await self._read_body(request)
-            raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
+            raw_path = (
+                request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
+            )
             raw_query = request.scope.get("query_string", b"").decode("latin-1")
             identity = await run_in_threadpool(
-                verify_request, request.method, raw_path, raw_query, request.headers.items(), body, self.lookup
+                verify_request,
+                request.method,
+                raw_path,
+                raw_query,
+                request.headers.items(),
+                body,
+                self.lookup,
             )
             account = identity.account_id
             operation, labels = self._route(request.method, raw_path)
@@ -92,8 +100,10 @@ class RoboMakerApi:
             params = self._parse_input(operation, labels, raw_query, body)
             self._validate(operation, params)
             ctx = RequestContext(
-                account_id=identity.account_id, region=identity.region,
-                principal=identity.principal, request_id=request_id,
+                account_id=identity.account_id,
+                region=identity.region,
+                principal=identity.principal,
+                request_id=request_id,
             )
             result = await run_in_threadpool(dispatch, self.platform, ctx, operation.name, params)
             status = 200
@@ -114,39 +124,56 @@ class RoboMakerApi:
             return error_response(exc.code, exc.message, status, request_id)
         except Exception:  # a bug must still answer in the API's format, and be logged with its request id
             log.exception("internal error in %s (request %s)", operation_name, request_id)
-            return error_response("InternalServerException", f"Internal error (request {request_id})", 500, request_id)
+            return error_response(
+                "InternalServerException", f"Internal error (request {request_id})", 500, request_id
+            )
         finally:
             log.info(
                 "%s %s %s %d %.1fms account=%s request=%s",
-                request.method, request.url.path, operation_name, status,
-                (time.perf_counter() - started) * 1000, account, request_id,
+                request.method,
+                request.url.path,
+                operation_name,
+                status,
+                (time.perf_counter() - started) * 1000,
+                account,
+                request_id,
             )
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise WireError("InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400)
+            raise WireError(
+                "InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                raise WireError("InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400)
+                raise WireError(
+                    "InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _route(self, method: str, raw_path: str) -> tuple[Operation, dict[str, str]]:
         found = self.definitions.route(method, raw_path)
         if found is None:
-            raise WireError("UnknownOperationException", f"no RoboMaker operation at {method} {raw_path}", 404)
+            raise WireError(
+                "UnknownOperationException", f"no RoboMaker operation at {method} {raw_path}", 404
+            )
         return found
 
-    def _parse_input(self, operation: Operation, labels: dict[str, str], raw_query: str, body: bytes) -> dict[str, Any]:
+    def _parse_input(
+        self, operation: Operation, labels: dict[str, str], raw_query: str, body: bytes
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if body.strip():
             try:
                 params = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                raise WireError("SerializationException", f"the request body is not valid JSON: {exc}", 400) from exc
+                raise WireError(
+                    "SerializationException", f"the request body is not valid JSON: {exc}", 400
+                ) from exc
             if not isinstance(params, dict):
                 raise WireError("SerializationException", "the request body must be a JSON object", 400)
         if operation.input_shape is None:
@@ -177,7 +204,9 @@ def build_app(platform: Any, extra_routes: list | None = None) -> Starlette:
         return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
 
     routes = [Route("/health", health, methods=["GET"]), *(extra_routes or [])]
-    routes.append(Route("/{path:path}", api.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]))
+    routes.append(
+        Route("/{path:path}", api.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    )
     app = Starlette(routes=routes)
     app.state.api = api
     return app

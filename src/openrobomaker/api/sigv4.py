@@ -20,7 +20,7 @@ Canonicalisation (what botocore does for a rest-json, non-S3 service):
 
 Time rules: the request time (``X-Amz-Date``, else an RFC 1123 ``Date`` header) must lie within
 ``max_skew_seconds`` of ``now``, for both forms (the non-S3 AWS front door applies the 15 minute window to
-presigned requests as well). A presigned URL is additionally expired once ``now`` passes
+presigned requests as well, see aws/aws-sdk-go#2167 about STS). A presigned URL is additionally expired once ``now`` passes
 ``X-Amz-Date + X-Amz-Expires``; ``X-Amz-Expires`` must be 1..604800.
 
 Errors. Every failure raises ``AuthError(code, message, status)`` with HTTP 403. The codes and messages are

@@ -73,7 +73,9 @@ class Validator:
         self._checkers[shape["type"]](shape, value, path, problems)
 
     def _type_error(self, value: Any, path: str, expected: str, problems: list[str]) -> None:
-        problems.append(f"Value {_describe(value)} at '{path}' failed to satisfy constraint: Member must be {expected}")
+        problems.append(
+            f"Value {_describe(value)} at '{path}' failed to satisfy constraint: Member must be {expected}"
+        )
 
     def _check_structure(self, shape: dict, value: Any, path: str, problems: list[str]) -> None:
         if not isinstance(value, dict):
@@ -82,7 +84,9 @@ class Validator:
         members = shape.get("members", {})
         for required in shape.get("required", []):
             if value.get(required) is None:
-                problems.append(f"Value null at '{_join(path, required)}' failed to satisfy constraint: Member must not be null")
+                problems.append(
+                    f"Value null at '{_join(path, required)}' failed to satisfy constraint: Member must not be null"
+                )
         for name, member_value in value.items():
             member = members.get(name)
             # Unknown members are ignored, as the service did, so newer clients keep working.
@@ -90,7 +94,9 @@ class Validator:
                 continue
             self._check(member["shape"], member_value, _join(path, name), problems)
 
-    def _check_length(self, shape: dict, size: int, value: Any, path: str, what: str, problems: list[str]) -> None:
+    def _check_length(
+        self, shape: dict, size: int, value: Any, path: str, what: str, problems: list[str]
+    ) -> None:
         low, high = shape.get("min"), shape.get("max")
         if low is not None and size < low:
             problems.append(
@@ -109,7 +115,9 @@ class Validator:
         for index, item in enumerate(value, start=1):
             item_path = f"{path}.{index}.member"
             if item is None:
-                problems.append(f"Value null at '{item_path}' failed to satisfy constraint: Member must not be null")
+                problems.append(
+                    f"Value null at '{item_path}' failed to satisfy constraint: Member must not be null"
+                )
                 continue
             self._check(shape["member"]["shape"], item, item_path, problems)
 
@@ -121,7 +129,9 @@ class Validator:
         for key, item in value.items():
             self._check(shape["key"]["shape"], key, f"{path}.key", problems)
             if item is None:
-                problems.append(f"Value null at '{path}.{key}' failed to satisfy constraint: Member must not be null")
+                problems.append(
+                    f"Value null at '{path}.{key}' failed to satisfy constraint: Member must not be null"
+                )
                 continue
             self._check(shape["value"]["shape"], item, f"{path}.{key}", problems)
 
@@ -144,9 +154,13 @@ class Validator:
     def _check_range(self, shape: dict, value: float, path: str, problems: list[str]) -> None:
         low, high = shape.get("min"), shape.get("max")
         if low is not None and value < low:
-            problems.append(f"Value {value} at '{path}' failed to satisfy constraint: Member must have value greater than or equal to {low}")
+            problems.append(
+                f"Value {value} at '{path}' failed to satisfy constraint: Member must have value greater than or equal to {low}"
+            )
         if high is not None and value > high:
-            problems.append(f"Value {value} at '{path}' failed to satisfy constraint: Member must have value less than or equal to {high}")
+            problems.append(
+                f"Value {value} at '{path}' failed to satisfy constraint: Member must have value less than or equal to {high}"
+            )
 
     def _check_integer(self, shape: dict, value: Any, path: str, problems: list[str]) -> None:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -5,8 +5,8 @@ from openrobomaker.objectstore.base import (
     NoSuchKey,
     ObjectInfo,
     ObjectStore,
-    ObjectStoreError,
     ObjectStoreConfig,
+    ObjectStoreError,
     open_store,
 )
 

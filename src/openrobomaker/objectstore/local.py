@@ -80,7 +80,11 @@ class LocalObjectStore(ObjectStore):
         try:
             recorded = etag_path.read_text().split()
             # The recorded ETag is only trusted while the file is the one it was computed for.
-            if len(recorded) == 3 and int(recorded[1]) == stat.st_mtime_ns and int(recorded[2]) == stat.st_size:
+            if (
+                len(recorded) == 3
+                and int(recorded[1]) == stat.st_mtime_ns
+                and int(recorded[2]) == stat.st_size
+            ):
                 etag = recorded[0]
         except (OSError, ValueError):
             pass

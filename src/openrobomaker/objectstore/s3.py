@@ -95,7 +95,9 @@ class S3ObjectStore(ObjectStore):
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(bucket=bucket, key=item["Key"], size=item["Size"], etag=_etag(item["ETag"]))
+                    yield ObjectInfo(
+                        bucket=bucket, key=item["Key"], size=item["Size"], etag=_etag(item["ETag"])
+                    )
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, bucket, prefix) from exc
 

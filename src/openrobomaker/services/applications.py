@@ -68,7 +68,9 @@ def _check_suite(field: str, suite: dict | None, versions_by_name: dict[str, set
     if version is None:
         raise InvalidParameter(f"{field}.version: {name} needs a version ({', '.join(sorted(allowed))})")
     if version not in allowed:
-        raise InvalidParameter(f"{field}.version: {version!r} is not a version of {name} ({', '.join(sorted(allowed))})")
+        raise InvalidParameter(
+            f"{field}.version: {version!r} is not a version of {name} ({', '.join(sorted(allowed))})"
+        )
     return {"name": name, "version": version}
 
 
@@ -108,9 +110,16 @@ def _resolve_sources(platform: Any, sources: list[dict[str, Any]]) -> list[dict[
                 f"{field}.s3Key: s3://{source['s3Bucket']}/{source['s3Key']} does not exist"
             ) from exc
         except ObjectStoreError as exc:
-            raise InvalidParameter(f"{field}: cannot read s3://{source['s3Bucket']}/{source['s3Key']}: {exc}") from exc
+            raise InvalidParameter(
+                f"{field}: cannot read s3://{source['s3Bucket']}/{source['s3Key']}: {exc}"
+            ) from exc
         resolved.append(
-            {"s3Bucket": source["s3Bucket"], "s3Key": source["s3Key"], "etag": info.etag, "architecture": source["architecture"]}
+            {
+                "s3Bucket": source["s3Bucket"],
+                "s3Key": source["s3Key"],
+                "etag": info.etag,
+                "architecture": source["architecture"],
+            }
         )
     return resolved
 
@@ -118,7 +127,9 @@ def _resolve_sources(platform: Any, sources: list[dict[str, Any]]) -> list[dict[
 def _spec_from_request(platform: Any, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
     _check_sources_or_environment(params)
     spec: dict[str, Any] = {
-        "robotSoftwareSuite": _check_suite("robotSoftwareSuite", params["robotSoftwareSuite"], ROBOT_SUITE_VERSIONS)
+        "robotSoftwareSuite": _check_suite(
+            "robotSoftwareSuite", params["robotSoftwareSuite"], ROBOT_SUITE_VERSIONS
+        )
     }
     if kind.is_simulation:
         spec["simulationSoftwareSuite"] = _check_suite(
@@ -170,9 +181,7 @@ def _view(app_row, version_row, *, with_etags: bool) -> dict[str, Any]:
     }
     if "sources" in spec:
         # $LATEST resolves at use time, so RoboMaker showed no etag there; versions carry the one they pinned.
-        view["sources"] = [
-            {k: v for k, v in s.items() if with_etags or k != "etag"} for s in spec["sources"]
-        ]
+        view["sources"] = [{k: v for k, v in s.items() if with_etags or k != "etag"} for s in spec["sources"]]
     for key in ("simulationSoftwareSuite", "renderingEngine", "environment"):
         if key in spec:
             view[key] = spec[key]
@@ -195,7 +204,9 @@ def _summary(kind: Kind, app_row, version_row) -> dict[str, Any]:
 # --- operations ------------------------------------------------------------------------------------
 
 
-def create_application(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+def create_application(
+    platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
+) -> dict[str, Any]:
     spec = _spec_from_request(platform, kind, params)
     tags = tag_rules.checked_tags(params.get("tags") or {})
     created = now_ms()
@@ -203,26 +214,41 @@ def create_application(platform: Any, ctx: RequestContext, kind: Kind, params: d
     try:
         with platform.db.transaction() as session:
             if store.find_application(session, ctx.account_id, ctx.region, kind.name, params["name"]):
-                raise ResourceAlreadyExists(f"name: a {kind.arn_type} named {params['name']!r} already exists")
+                raise ResourceAlreadyExists(
+                    f"name: a {kind.arn_type} named {params['name']!r} already exists"
+                )
             app_row = store.ApplicationRow(
-                account_id=ctx.account_id, region=ctx.region, kind=kind.name, name=params["name"],
-                arn=arn, created_ms=created, last_version_number=0,
+                account_id=ctx.account_id,
+                region=ctx.region,
+                kind=kind.name,
+                name=params["name"],
+                arn=arn,
+                created_ms=created,
+                last_version_number=0,
             )
             session.add(app_row)
             session.flush()
             latest = store.ApplicationVersionRow(
-                application_id=app_row.id, version=LATEST, version_number=None,
-                revision_id=str(uuid.uuid4()), last_updated_at=created / 1000, spec=spec,
+                application_id=app_row.id,
+                version=LATEST,
+                version_number=None,
+                revision_id=str(uuid.uuid4()),
+                last_updated_at=created / 1000,
+                spec=spec,
             )
             session.add(latest)
             tag_rules.store_tags(session, arn, tags)
     except IntegrityError as exc:
         # Two creates raced past the existence check; the unique constraint decided.
-        raise ResourceAlreadyExists(f"name: a {kind.arn_type} named {params['name']!r} already exists") from exc
+        raise ResourceAlreadyExists(
+            f"name: a {kind.arn_type} named {params['name']!r} already exists"
+        ) from exc
     return {**_view(app_row, latest, with_etags=False), "tags": tags}
 
 
-def create_application_version(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+def create_application_version(
+    platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
+) -> dict[str, Any]:
     with platform.db.read() as session:
         app_row = _find_application(session, ctx, kind, params["application"])
         latest = _find_version(session, app_row, LATEST)
@@ -237,15 +263,21 @@ def create_application_version(platform: Any, ctx: RequestContext, kind: Kind, p
         app_row = _find_application(session, ctx, kind, params["application"])
         latest = _find_version(session, app_row, LATEST)
         _check_revision(params.get("currentRevisionId"), latest)
-        if store.count_numbered_versions(session, app_row.id) >= platform.settings.limits.application_versions:
+        if (
+            store.count_numbered_versions(session, app_row.id)
+            >= platform.settings.limits.application_versions
+        ):
             raise LimitExceeded(
                 f"application: {app_row.arn} already has {platform.settings.limits.application_versions} versions"
             )
         app_row.last_version_number += 1
         version_row = store.ApplicationVersionRow(
-            application_id=app_row.id, version=str(app_row.last_version_number),
-            version_number=app_row.last_version_number, revision_id=str(uuid.uuid4()),
-            last_updated_at=time.time(), spec=spec,
+            application_id=app_row.id,
+            version=str(app_row.last_version_number),
+            version_number=app_row.last_version_number,
+            revision_id=str(uuid.uuid4()),
+            last_updated_at=time.time(),
+            spec=spec,
         )
         session.add(version_row)
     view = _view(app_row, version_row, with_etags=True)
@@ -265,7 +297,9 @@ def _check_expected_etags(expected: list[str] | None, sources: list[dict[str, An
         )
 
 
-def describe_application(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+def describe_application(
+    platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
+) -> dict[str, Any]:
     version = params.get("applicationVersion") or LATEST
     with platform.db.read() as session:
         app_row = _find_application(session, ctx, kind, params["application"])
@@ -277,7 +311,9 @@ def describe_application(platform: Any, ctx: RequestContext, kind: Kind, params:
     return {**view, "tags": tags}
 
 
-def list_applications(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+def list_applications(
+    platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
+) -> dict[str, Any]:
     name = None
     for index, flt in enumerate(params.get("filters") or [], start=1):
         if flt.get("name") != "name":
@@ -288,8 +324,14 @@ def list_applications(platform: Any, ctx: RequestContext, kind: Kind, params: di
     offset = decode_token(params.get("nextToken"), scope)
     with platform.db.read() as session:
         rows = store.list_versions(
-            session, ctx.account_id, ctx.region, kind.name, name=name,
-            all_versions=params.get("versionQualifier") == "ALL", offset=offset, limit=limit + 1,
+            session,
+            ctx.account_id,
+            ctx.region,
+            kind.name,
+            name=name,
+            all_versions=params.get("versionQualifier") == "ALL",
+            offset=offset,
+            limit=limit + 1,
         )
     rows, token = page(rows, offset, limit, scope)
     result: dict[str, Any] = {kind.summaries_key: [_summary(kind, a, v) for a, v in rows]}
@@ -298,7 +340,9 @@ def list_applications(platform: Any, ctx: RequestContext, kind: Kind, params: di
     return result
 
 
-def update_application(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+def update_application(
+    platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
+) -> dict[str, Any]:
     spec = _spec_from_request(platform, kind, params)
     with platform.db.transaction() as session:
         app_row = _find_application(session, ctx, kind, params["application"])
@@ -313,7 +357,9 @@ def update_application(platform: Any, ctx: RequestContext, kind: Kind, params: d
 def delete_application(platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]) -> None:
     version = params.get("applicationVersion")
     if version == LATEST:
-        raise InvalidParameter("applicationVersion: $LATEST cannot be deleted on its own; delete the application")
+        raise InvalidParameter(
+            "applicationVersion: $LATEST cannot be deleted on its own; delete the application"
+        )
     with platform.db.transaction() as session:
         app_row = _find_application(session, ctx, kind, params["application"])
         if version is None:
@@ -329,7 +375,9 @@ def application_exists(platform: Any, ctx: RequestContext, kind: Kind, arn: str)
         return row is not None and row.account_id == ctx.account_id and row.region == ctx.region
 
 
-def resolve_for_use(platform: Any, ctx: RequestContext, kind: Kind, arn: str, version: str, field: str) -> dict[str, Any]:
+def resolve_for_use(
+    platform: Any, ctx: RequestContext, kind: Kind, arn: str, version: str, field: str
+) -> dict[str, Any]:
     """An application version as a job or deployment will run it: name, arn, version and its spec."""
     with platform.db.read() as session:
         app_row = _find_application(session, ctx, kind, arn, field)

@@ -53,7 +53,9 @@ def resource_exists(platform: Any, ctx: RequestContext, resource_type: str, arn:
     return lookup is not None and lookup(platform, ctx, arn)
 
 
-def dispatch(platform: Any, ctx: RequestContext, operation_name: str, params: dict[str, Any]) -> dict[str, Any]:
+def dispatch(
+    platform: Any, ctx: RequestContext, operation_name: str, params: dict[str, Any]
+) -> dict[str, Any]:
     handler = handler_for(operation_name)
     if handler is None:
         raise NotAvailableYet(operation_name)

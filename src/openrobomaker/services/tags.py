@@ -50,7 +50,9 @@ def tag_resource(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> 
     with platform.db.transaction() as session:
         merged = {**store.get_tags(session, arn), **tags}
         if len(merged) > MAX_TAGS:
-            raise InvalidParameter(f"tags: a resource can have at most {MAX_TAGS} tags ({len(merged)} after this change)")
+            raise InvalidParameter(
+                f"tags: a resource can have at most {MAX_TAGS} tags ({len(merged)} after this change)"
+            )
         store.put_tags(session, arn, tags)
     return {}
 

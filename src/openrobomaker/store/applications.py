@@ -39,7 +39,9 @@ class ApplicationVersionRow(Base):
     spec: Mapped[dict] = mapped_column(JSON)
 
 
-def find_application(session: Session, account_id: str, region: str, kind: str, name: str) -> ApplicationRow | None:
+def find_application(
+    session: Session, account_id: str, region: str, kind: str, name: str
+) -> ApplicationRow | None:
     return session.scalars(
         select(ApplicationRow).where(
             ApplicationRow.account_id == account_id,
@@ -87,18 +89,22 @@ def list_versions(
     query = (
         select(ApplicationRow, ApplicationVersionRow)
         .join(ApplicationVersionRow, ApplicationVersionRow.application_id == ApplicationRow.id)
-        .where(ApplicationRow.account_id == account_id, ApplicationRow.region == region, ApplicationRow.kind == kind)
+        .where(
+            ApplicationRow.account_id == account_id,
+            ApplicationRow.region == region,
+            ApplicationRow.kind == kind,
+        )
     )
     if name is not None:
         query = query.where(ApplicationRow.name == name)
     if not all_versions:
         query = query.where(ApplicationVersionRow.version == LATEST)
     query = query.order_by(
-        ApplicationRow.name, ApplicationVersionRow.version_number.is_not(None), ApplicationVersionRow.version_number
+        ApplicationRow.name,
+        ApplicationVersionRow.version_number.is_not(None),
+        ApplicationVersionRow.version_number,
     )
     return [tuple(row) for row in session.execute(query.offset(offset).limit(limit)).all()]
-
-
 
 
 def delete_application(session: Session, app_row: ApplicationRow) -> None:

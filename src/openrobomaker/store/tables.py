@@ -1,3 +1,3 @@
 """Imports every table module so that Base.metadata knows the whole schema (for Alembic)."""
 
-from openrobomaker.store import applications, tags  # noqa: F401
+from openrobomaker.store import applications, credentials, simulation_jobs, tags  # noqa: F401

@@ -17,7 +17,9 @@ class TagRow(Base):
 
 
 def get_tags(session: Session, arn: str) -> dict[str, str]:
-    rows = session.execute(select(TagRow.key, TagRow.value).where(TagRow.resource_arn == arn).order_by(TagRow.key))
+    rows = session.execute(
+        select(TagRow.key, TagRow.value).where(TagRow.resource_arn == arn).order_by(TagRow.key)
+    )
     return {key: value for key, value in rows}
 
 

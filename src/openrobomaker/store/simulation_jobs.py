@@ -1,0 +1,112 @@
+"""Simulation jobs: the desired state users set through the API and the observed state runners report."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Float, Integer, String, Text, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from openrobomaker.store.base import Base
+
+ACTIVE_STATUSES = ("Pending", "Preparing", "Running", "Restarting", "RunningFailed", "Terminating")
+TERMINAL_STATUSES = ("Completed", "Failed", "Terminated", "Canceled")
+
+
+class SimulationJobRow(Base):
+    __tablename__ = "simulation_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1224), unique=True)
+    account_id: Mapped[str] = mapped_column(String(12), index=True)
+    region: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    failure_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_request_token: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the request as validated (minus the token), to tell an idempotent retry from a mismatch
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    # the job as Describe shows it, minus the fields below that change while it runs
+    definition: Mapped[dict] = mapped_column(JSON)
+    simulation_units: Mapped[int] = mapped_column(Integer)
+    batch_arn: Mapped[str | None] = mapped_column(String(1224), nullable=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_updated_at: Mapped[float] = mapped_column(Float)
+    simulation_time_millis: Mapped[int] = mapped_column(Integer, default=0)
+    # desired state: "run" or "cancel"; restart_generation grows with every RestartSimulationJob
+    desired: Mapped[str] = mapped_column(String(16), default="run")
+    cancel_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    restart_generation: Mapped[int] = mapped_column(Integer, default=0)
+    restart_acknowledged: Mapped[int] = mapped_column(Integer, default=0)
+    # execution: which run, where, reported when
+    run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    runner_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    runner_handle: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    runner_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_report_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_report_seq: Mapped[int] = mapped_column(Integer, default=-1)
+    work_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    access_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+def get_job(session: Session, job_id: str, *, for_update: bool = False) -> SimulationJobRow | None:
+    query = select(SimulationJobRow).where(SimulationJobRow.job_id == job_id)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def job_by_arn(session: Session, arn: str) -> SimulationJobRow | None:
+    return session.scalars(select(SimulationJobRow).where(SimulationJobRow.arn == arn)).one_or_none()
+
+
+def jobs_by_arns(session: Session, arns: list[str]) -> list[SimulationJobRow]:
+    return list(session.scalars(select(SimulationJobRow).where(SimulationJobRow.arn.in_(arns))))
+
+
+def job_by_token(session: Session, account_id: str, region: str, token: str) -> SimulationJobRow | None:
+    return session.scalars(
+        select(SimulationJobRow).where(
+            SimulationJobRow.account_id == account_id,
+            SimulationJobRow.region == region,
+            SimulationJobRow.client_request_token == token,
+            SimulationJobRow.batch_arn.is_(None),
+        )
+    ).first()
+
+
+def count_active(session: Session, account_id: str, region: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(SimulationJobRow)
+            .where(
+                SimulationJobRow.account_id == account_id,
+                SimulationJobRow.region == region,
+                SimulationJobRow.status.in_(ACTIVE_STATUSES),
+            )
+        )
+        or 0
+    )
+
+
+def list_jobs(
+    session: Session, account_id: str, region: str, *, status: str | None, offset: int, limit: int
+) -> list[SimulationJobRow]:
+    query = select(SimulationJobRow).where(
+        SimulationJobRow.account_id == account_id, SimulationJobRow.region == region
+    )
+    if status is not None:
+        query = query.where(SimulationJobRow.status == status)
+    query = query.order_by(SimulationJobRow.created_at.desc(), SimulationJobRow.job_id)
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+def jobs_needing_attention(session: Session) -> list[SimulationJobRow]:
+    """Every active job: the controller compares each with what its runner reports."""
+    return list(
+        session.scalars(
+            select(SimulationJobRow)
+            .where(SimulationJobRow.status.in_(ACTIVE_STATUSES))
+            .order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)
+        )
+    )

@@ -86,9 +86,21 @@ class ServerProcess:
         self.log_path = self.data_dir / "server.log"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "openrobomaker.cli", "serve", "--config", str(config_path),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "openrobomaker.cli",
+                "serve",
+                "--config",
+                str(config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_http(f"{self.endpoint}/health", process=self.process)
         return self
@@ -138,14 +150,20 @@ class MotoS3:
 
     def client(self):
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name=REGION,
-            aws_access_key_id="moto", aws_secret_access_key="moto",
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="moto",
+            aws_secret_access_key="moto",
         )
 
     def store_config(self) -> dict:
         return {
-            "kind": "s3", "endpoint_url": self.endpoint, "region": REGION,
-            "access_key_id": "moto", "secret_access_key": "moto",
+            "kind": "s3",
+            "endpoint_url": self.endpoint,
+            "region": REGION,
+            "access_key_id": "moto",
+            "secret_access_key": "moto",
         }
 
 
@@ -155,7 +173,9 @@ def running_moto_s3() -> Iterator[MotoS3]:
     port = free_port()
     process = subprocess.Popen(
         [moto, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/moto-api/", process=process)
@@ -183,12 +203,28 @@ def running_postgres() -> Iterator[str]:
         shutil.chown(directory, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     data = directory / "data"
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = subprocess.Popen(
-        [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-         "-k", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            *run_as,
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"

@@ -46,9 +46,8 @@ class LocalExecutor:
         self._children: dict[int, subprocess.Popen] = {}
 
     def start(self, job_id: str, run_id: str, spec_path: str, work_dir: str) -> str:
-        log = open(Path(work_dir) / "runner.log", "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENROBOMAKER_SERVER_")}
-        with log:
+        with open(Path(work_dir) / "runner.log", "ab") as log:
             process = subprocess.Popen(
                 runner_command(spec_path),
                 cwd=work_dir,

@@ -84,24 +84,12 @@ class ServerProcess:
         config_path = self.data_dir / "server-config.yaml"
         config_path.write_text(yaml.safe_dump({"data_dir": str(self.data_dir), **self.config}))
         self.log_path = self.data_dir / "server.log"
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "openrobomaker.cli",
-                "serve",
-                "--config",
-                str(config_path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command = [sys.executable, "-m", "openrobomaker.cli", "serve", "--config", str(config_path)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_for_http(f"{self.endpoint}/health", process=self.process)
         return self
 

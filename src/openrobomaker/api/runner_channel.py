@@ -22,7 +22,7 @@ from openrobomaker.services.errors import ApiError
 from openrobomaker.services.simulation_jobs import RunnerAuthError, record_runner_report
 
 
-def runner_routes(platform: Any) -> list[Route]:
+def extra_routes(platform: Any) -> list[Route]:
     async def report(request: Request) -> Response:
         auth = request.headers.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""

@@ -196,7 +196,9 @@ def _parse_overlays_json(raw: bytes) -> list[_OverlayEntry]:
     try:
         doc = json.loads(raw)
         entries = [
-            _OverlayEntry(str(item["name"]), str(item["sha256"]).lower(), int(item["offset"]), int(item["size"]))
+            _OverlayEntry(
+                str(item["name"]), str(item["sha256"]).lower(), int(item["offset"]), int(item["size"])
+            )
             for item in doc["overlays"]
         ]
     except (ValueError, KeyError, TypeError) as exc:
@@ -208,7 +210,9 @@ def _parse_overlays_json(raw: bytes) -> list[_OverlayEntry]:
         if not _SHA256_HEX.match(entry.sha256):
             raise BundleError(BundleErrorCategory.FORMAT, f"overlay {entry.name!r} has an invalid sha256")
         if entry.offset < 0 or entry.size < 0:
-            raise BundleError(BundleErrorCategory.FORMAT, f"overlay {entry.name!r} has a negative offset/size")
+            raise BundleError(
+                BundleErrorCategory.FORMAT, f"overlay {entry.name!r} has a negative offset/size"
+            )
     return entries
 
 
@@ -221,7 +225,9 @@ def _read_overlay_list(tar: tarfile.TarFile, member: tarfile.TarInfo) -> list[_O
             )
             if overlays_member is None:
                 raise BundleError(BundleErrorCategory.FORMAT, "metadata.tar.gz has no overlays.json")
-            return _parse_overlays_json(_read_small_member(metadata, overlays_member, _MAX_OVERLAYS_JSON_BYTES))
+            return _parse_overlays_json(
+                _read_small_member(metadata, overlays_member, _MAX_OVERLAYS_JSON_BYTES)
+            )
     except TAR_READ_ERRORS as exc:
         raise BundleError(BundleErrorCategory.FORMAT, f"unreadable metadata.tar.gz: {exc}") from exc
 
@@ -251,7 +257,8 @@ def _materialise_overlay(
         actual = _copy_and_hash(fh, blob)
         if actual != entry.sha256:
             raise BundleError(
-                BundleErrorCategory.FORMAT, f"overlay {entry.name!r} sha256 {actual} does not match overlays.json"
+                BundleErrorCategory.FORMAT,
+                f"overlay {entry.name!r} sha256 {actual} does not match overlays.json",
             )
         tree = staging / "tree"
         with open(blob, "rb") as blob_fh:
@@ -264,7 +271,9 @@ def _materialise_overlay(
             if not final_dir.is_dir():
                 raise
     except OSError as exc:
-        raise BundleError(BundleErrorCategory.EXTRACTION, f"cannot cache overlay {entry.name!r}: {exc}") from exc
+        raise BundleError(
+            BundleErrorCategory.EXTRACTION, f"cannot cache overlay {entry.name!r}: {exc}"
+        ) from exc
     finally:
         remove_tree(staging)
 

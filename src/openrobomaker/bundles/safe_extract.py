@@ -24,7 +24,14 @@ from typing import BinaryIO
 from openrobomaker.bundles.errors import BundleError, BundleErrorCategory
 
 _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
-TAR_READ_ERRORS = (tarfile.ReadError, tarfile.StreamError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+TAR_READ_ERRORS = (
+    tarfile.ReadError,
+    tarfile.StreamError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -139,7 +146,9 @@ def _check_member_target(member: tarfile.TarInfo, dest_real: str, rel: str) -> N
         if link_rel is None:
             raise BundleError(BundleErrorCategory.UNSAFE, f"hardlink {member.name!r} to the archive root")
         source = os.path.join(dest_real, link_rel)
-        _require_inside(dest_real, os.path.realpath(source), f"hardlink {member.name!r} -> {member.linkname!r}")
+        _require_inside(
+            dest_real, os.path.realpath(source), f"hardlink {member.name!r} -> {member.linkname!r}"
+        )
         if not os.path.isfile(source) or os.path.islink(source):
             raise BundleError(
                 BundleErrorCategory.UNSAFE, f"hardlink {member.name!r} to a missing or non-regular file"
@@ -157,12 +166,16 @@ def _sanitise_attributes(member: tarfile.TarInfo) -> None:
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest_real: str, budget: ExtractionBudget):
     budget.charge_member(member.name)
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise BundleError(BundleErrorCategory.UNSAFE, f"member {member.name!r} is a device, fifo or special file")
+        raise BundleError(
+            BundleErrorCategory.UNSAFE, f"member {member.name!r} is a device, fifo or special file"
+        )
     rel = safe_relative_name(member.name)
     if rel is None:
         if member.isdir():
             return
-        raise BundleError(BundleErrorCategory.UNSAFE, f"non-directory member at the archive root: {member.name!r}")
+        raise BundleError(
+            BundleErrorCategory.UNSAFE, f"non-directory member at the archive root: {member.name!r}"
+        )
     if member.isreg():
         budget.charge_bytes(member.size, member.name)
     _check_member_target(member, dest_real, rel)
@@ -211,14 +224,18 @@ def verify_links_inside(root: Path) -> None:
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             if os.path.islink(path):
-                _require_inside(root_real, os.path.realpath(path), f"symlink {os.path.relpath(path, root_real)!r}")
+                _require_inside(
+                    root_real, os.path.realpath(path), f"symlink {os.path.relpath(path, root_real)!r}"
+                )
 
 
 def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest_real: str, budget: ExtractionBudget):
     budget.charge_member(info.filename)
     unix_mode = info.external_attr >> 16
     if unix_mode and not (stat.S_ISREG(unix_mode) or stat.S_ISDIR(unix_mode) or stat.S_ISLNK(unix_mode)):
-        raise BundleError(BundleErrorCategory.UNSAFE, f"member {info.filename!r} is a device, fifo or special file")
+        raise BundleError(
+            BundleErrorCategory.UNSAFE, f"member {info.filename!r} is a device, fifo or special file"
+        )
     rel = safe_relative_name(info.filename)
     if rel is None:
         return

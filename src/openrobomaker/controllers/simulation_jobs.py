@@ -199,3 +199,7 @@ def _read_final_report(work_dir: str | None) -> dict | None:
         return json.loads(Path(work_dir, "final.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def build(platform: Any) -> SimulationJobController:
+    return SimulationJobController(platform, platform.signals["executor"])

@@ -1,3 +1,9 @@
-"""Imports every resource module so that their operations register themselves."""
+"""Imports every module of the services package so that their operations register themselves."""
 
-from openrobomaker.services import applications, credentials, simulation_jobs, tags  # noqa: F401
+import importlib
+import pkgutil
+
+import openrobomaker.services as _package
+
+for _module in pkgutil.iter_modules(_package.__path__):
+    importlib.import_module(f"{_package.__name__}.{_module.name}")

@@ -60,7 +60,7 @@ class Database:
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.connect() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")
             connection.commit()
 
     @contextlib.contextmanager

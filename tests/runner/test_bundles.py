@@ -329,7 +329,7 @@ def test_sourcing_runs_setup_scripts_in_order_and_passes_argv_untouched(tmp_path
 
 
 def test_setup_script_that_clears_positional_args_cannot_break_exec(tmp_path):
-    members = plain_bundle_members(setup=False) + [_file("setup.sh", b"set -- bogus args\nset -eu\nfalse\n")]
+    members = plain_bundle_members(setup=False) + [_file("setup.sh", b"set -- bogus args\nset -u\nfalse\n")]
     bundle = extract_bundle(write(tmp_path / "a.tar", tar_bytes(members)), tmp_path / "out")
     result = subprocess.run(sourced_argv(bundle, ["/bin/echo", "ok"]), capture_output=True, text=True, check=False)
     assert result.stdout.strip() == "ok"

@@ -232,7 +232,8 @@ def verify_links_inside(root: Path) -> None:
 def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest_real: str, budget: ExtractionBudget):
     budget.charge_member(info.filename)
     unix_mode = info.external_attr >> 16
-    if unix_mode and not (stat.S_ISREG(unix_mode) or stat.S_ISDIR(unix_mode) or stat.S_ISLNK(unix_mode)):
+    file_type = stat.S_IFMT(unix_mode)
+    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
         raise BundleError(
             BundleErrorCategory.UNSAFE, f"member {info.filename!r} is a device, fifo or special file"
         )
@@ -251,7 +252,7 @@ def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest_real: s
     # Symlink entries are written as plain files holding the target text, as zipfile itself does.
     with zf.open(info) as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
-    if unix_mode and stat.S_ISREG(unix_mode):
+    if unix_mode & 0o777 and file_type in (0, stat.S_IFREG):
         os.chmod(target, (unix_mode & 0o755) | 0o600)
 
 

@@ -1,0 +1,113 @@
+"""Drives simulation job batches from the store: starts member jobs as the batch's concurrency allows,
+times batches out, winds cancelled ones down and gives each its final status.
+
+Everything it knows comes from the store on every pass, so a restart resumes where the last pass ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from openrobomaker.controllers.base import Controller
+from openrobomaker.services import simulation_job_batches as batches
+from openrobomaker.store import simulation_job_batches as store
+
+log = logging.getLogger("openrobomaker.controllers.simulation_job_batches")
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """What one pass needs to know of a batch, read in one snapshot."""
+
+    batch_id: str
+    status: str
+    deadline_at: float
+    room: int  # member jobs it may still start now
+    pending: int
+    active_members: int
+
+
+class SimulationJobBatchController(Controller):
+    signal_name = "simulation_batches"
+    # Member jobs end on runner reports, which wake the job controller but not this one (see the report):
+    # a short interval bounds how long a freed slot stays empty.
+    interval = 0.2
+
+    def reconcile(self) -> None:
+        now = time.time()
+        states = self._snapshot()
+        # Fair share of the account's job quota: the batch with the fewest active members goes first.
+        states.sort(key=lambda s: s.active_members)
+        woke_jobs = False
+        for state in states:
+            try:
+                woke_jobs |= self._advance(state, now)
+            except Exception:  # one broken batch must not stall the others; the next pass retries it
+                log.exception("batch %s: pass failed", state.batch_id)
+        if woke_jobs:
+            self.platform.notify("simulation_jobs")
+
+    def _snapshot(self) -> list[BatchState]:
+        states = []
+        with self.platform.db.read() as session:
+            for batch_id in store.active_batch_ids(session):
+                batch = store.get_batch(session, batch_id)
+                if batch is None:
+                    continue
+                active = store.count_active_members(session, batch.arn)
+                pending = len(store.requests_of(session, batch_id, store.PENDING))
+                states.append(
+                    BatchState(
+                        batch_id=batch_id,
+                        status=batch.status,
+                        deadline_at=batch.deadline_at,
+                        room=max(0, batch.max_concurrency - active),
+                        pending=pending,
+                        active_members=active,
+                    )
+                )
+        return states
+
+    def _advance(self, state: BatchState, now: float) -> bool:
+        """One step for one batch; True when the job controller has new work (members to start or stop)."""
+        if state.status in batches.DRIVING_STATUSES and now >= state.deadline_at:
+            return self._in_transaction(state.batch_id, batches.start_timeout, now)
+        if state.status in batches.WINDING_DOWN_STATUSES:
+            return self._in_transaction(state.batch_id, batches.wind_down, now)
+        if state.pending and state.room:
+            return self._start_members(state, now) > 0
+        if not state.pending:
+            self._in_transaction(state.batch_id, batches.settle, now)
+        return False
+
+    def _in_transaction(self, batch_id: str, step, now: float) -> bool:
+        with self.platform.db.transaction() as session:
+            batch = store.get_batch(session, batch_id, for_update=True)
+            if batch is None or batch.status in store.TERMINAL_BATCH_STATUSES:
+                return False
+            before = batch.status
+            result = bool(step(session, batch, now))
+            after = batch.status
+        if after != before:
+            log.info("batch %s: %s -> %s", batch_id, before, after)
+        return result
+
+    def _start_members(self, state: BatchState, now: float) -> int:
+        with self.platform.db.read() as session:
+            batch = store.get_batch(session, state.batch_id)
+            if batch is None:
+                return 0
+            positions = batches.next_pending(session, batch, state.room, now)
+        if not positions:
+            return 0
+        made = batches.create_members(self.platform, state.batch_id, positions)
+        if made:
+            log.info("batch %s: started %d member job(s)", state.batch_id, made)
+        return made
+
+
+def build(platform: Any) -> SimulationJobBatchController:
+    return SimulationJobBatchController(platform)

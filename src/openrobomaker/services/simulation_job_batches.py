@@ -1,0 +1,520 @@
+"""Simulation job batches (spec §3): many simulation jobs under one concurrency limit and one timeout.
+
+StartSimulationJobBatch validates every request on its own: an invalid one lands in `failedRequests`, the
+valid ones wait in `pendingRequests`. The batch controller then turns pending requests into member jobs
+while fewer than `maxConcurrency` members are active, and winds the batch down on cancel or timeout:
+
+    Pending -> InProgress -> Completing -> Completed | Failed
+    (any of those) -(timeoutInSeconds)-> TimingOut -> TimedOut | Failed
+    (any of those) -(CancelSimulationJobBatch)-> Canceling -> Canceled
+
+Defaults when `batchPolicy` leaves them out (RoboMaker documented none): maxConcurrency 5, timeout 14 days.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from openrobomaker.services import simulation_jobs as jobs
+from openrobomaker.services import tags as tag_rules
+from openrobomaker.services.arns import build_arn, owned_arn, random_id
+from openrobomaker.services.context import RequestContext
+from openrobomaker.services.errors import (
+    ApiError,
+    IdempotentParameterMismatch,
+    InvalidParameter,
+    LimitExceeded,
+    ResourceNotFound,
+)
+from openrobomaker.services.pagination import decode_token, page
+from openrobomaker.services.registry import operation, taggable
+from openrobomaker.store import simulation_job_batches as store
+from openrobomaker.store.simulation_job_batches import CREATED, DROPPED, FAILED, PENDING
+
+log = logging.getLogger("openrobomaker.services.simulation_job_batches")
+
+DEFAULT_MAX_CONCURRENCY = 5
+MAX_CONCURRENCY = 1000  # a batch holds at most 1000 requests, so more could never be used
+MAX_TIMEOUT_SECONDS = 14 * 24 * 3600  # RoboMaker's quota, not adjustable
+DEFAULT_TIMEOUT_SECONDS = MAX_TIMEOUT_SECONDS
+DEFAULT_PAGE = 100
+LIST_FILTERS = {"status"}
+
+# Statuses in which the batch still turns pending requests into jobs.
+DRIVING_STATUSES = ("Pending", "InProgress", "Completing")
+WINDING_DOWN_STATUSES = ("Canceling", "TimingOut")
+
+INTERNAL_ERROR = "InternalServiceError"
+# SimulationJobErrorCode for a request that failed with an API error (spec §3.3).
+_FAILURE_CODES = {
+    "InvalidParameterException": "InvalidInput",
+    "ResourceNotFoundException": "ResourceNotFound",
+    "LimitExceededException": "LimitExceeded",
+    "ThrottlingException": "RequestThrottled",
+}
+# A pending request whose job could not be created for one of these stays pending and is tried again
+# (the model's BatchPolicy doc: at timeout "pending requests that were failing" move to failedRequests).
+RETRYABLE_CODES = ("LimitExceeded", "RequestThrottled", INTERNAL_ERROR)
+MAX_INTERNAL_ERROR_ATTEMPTS = 3
+RETRY_INTERNAL_ERROR_AFTER_SECONDS = 5.0
+
+
+# --- request rules ---------------------------------------------------------------------------------------
+
+
+def failure_code_for(error: ApiError) -> str:
+    return _FAILURE_CODES.get(error.code, INTERNAL_ERROR)
+
+
+def _fingerprint(params: dict[str, Any]) -> str:
+    material = {k: v for k, v in params.items() if k != "clientRequestToken"}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def batch_policy(params: dict[str, Any]) -> dict[str, int]:
+    """The policy with its defaults filled in, as Describe echoes it."""
+    policy = params.get("batchPolicy") or {}
+    concurrency = policy.get("maxConcurrency")
+    timeout = policy.get("timeoutInSeconds")
+    concurrency = DEFAULT_MAX_CONCURRENCY if concurrency is None else concurrency
+    timeout = DEFAULT_TIMEOUT_SECONDS if timeout is None else timeout
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise InvalidParameter(f"batchPolicy.maxConcurrency: must be between 1 and {MAX_CONCURRENCY}")
+    if not 1 <= timeout <= MAX_TIMEOUT_SECONDS:
+        raise InvalidParameter(
+            f"batchPolicy.timeoutInSeconds: must be between 1 and {MAX_TIMEOUT_SECONDS} (14 days)"
+        )
+    return {"timeoutInSeconds": timeout, "maxConcurrency": concurrency}
+
+
+def job_params(request: dict[str, Any]) -> dict[str, Any]:
+    """A SimulationJobRequest as CreateSimulationJob parameters (iamRole is optional in a batch request)."""
+    params = {k: v for k, v in request.items() if k != "useDefaultApplications"}
+    params.setdefault("iamRole", None)
+    return params
+
+
+def validate_request(platform: Any, ctx: RequestContext, request: dict[str, Any]) -> dict[str, Any]:
+    """What CreateSimulationJob would check of this request; returns the job definition or raises."""
+    params = job_params(request)
+    tag_rules.checked_tags(params.get("tags") or {}, "tags")
+    return jobs.build_definition(platform, ctx, params)
+
+
+def _failure_of(error: Exception) -> tuple[str, str]:
+    if isinstance(error, ApiError):
+        return failure_code_for(error), error.message
+    log.exception("internal error validating a batch request", exc_info=error)
+    return INTERNAL_ERROR, "An internal error occurred while processing this request."
+
+
+def check_request(platform: Any, ctx: RequestContext, request: dict[str, Any]) -> tuple[str, str] | None:
+    """None when the request is valid, else its (failureCode, failureReason)."""
+    try:
+        validate_request(platform, ctx, request)
+    except Exception as exc:  # every failure of one request is reported on that request alone
+        return _failure_of(exc)
+    return None
+
+
+# --- views -----------------------------------------------------------------------------------------------
+
+
+def _failed_view(row: store.BatchRequestRow) -> dict[str, Any]:
+    return {
+        "request": row.request,
+        "failureReason": row.failure_reason,
+        "failureCode": row.failure_code,
+        "failedAt": row.failed_at,
+    }
+
+
+def batch_view(session, batch: store.SimulationJobBatchRow) -> dict[str, Any]:
+    requests = store.requests_of(session, batch.batch_id)
+    members = {job.arn: job for job in store.member_jobs(session, batch.arn)}
+    created = [members[r.job_arn] for r in requests if r.state == CREATED and r.job_arn in members]
+    return {
+        "arn": batch.arn,
+        "status": batch.status,
+        "lastUpdatedAt": batch.last_updated_at,
+        "createdAt": batch.created_at,
+        "clientRequestToken": batch.client_request_token,
+        "batchPolicy": {"timeoutInSeconds": batch.timeout_seconds, "maxConcurrency": batch.max_concurrency},
+        "failureCode": batch.failure_code,
+        "failureReason": batch.failure_reason,
+        "failedRequests": [_failed_view(r) for r in requests if r.state == FAILED],
+        "pendingRequests": [r.request for r in requests if r.state == PENDING],
+        "createdRequests": [jobs.job_summary(job) for job in created],
+        "tags": tag_rules.load_tags(session, batch.arn),
+    }
+
+
+def batch_summary(batch: store.SimulationJobBatchRow, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "arn": batch.arn,
+        "lastUpdatedAt": batch.last_updated_at,
+        "createdAt": batch.created_at,
+        "status": batch.status,
+        "failedRequestCount": counts.get(FAILED, 0),
+        "pendingRequestCount": counts.get(PENDING, 0),
+        "createdRequestCount": counts.get(CREATED, 0),
+    }
+
+
+# --- operations ------------------------------------------------------------------------------------------
+
+
+def _replay(session, ctx: RequestContext, token: str | None, fingerprint: str) -> dict[str, Any] | None:
+    if not token:
+        return None
+    previous = store.batch_by_token(session, ctx.account_id, ctx.region, token)
+    if previous is None:
+        return None
+    if previous.request_fingerprint != fingerprint:
+        raise IdempotentParameterMismatch(
+            f"clientRequestToken: {token!r} was already used for a different request ({previous.arn})"
+        )
+    return batch_view(session, previous)
+
+
+def _start_response(view: dict[str, Any]) -> dict[str, Any]:
+    # StartSimulationJobBatchResponse has every member of Describe's but lastUpdatedAt.
+    return {k: v for k, v in view.items() if k != "lastUpdatedAt"}
+
+
+def _insert_batch(
+    session, platform: Any, ctx: RequestContext, params: dict[str, Any], policy: dict[str, int], fingerprint
+) -> store.SimulationJobBatchRow:
+    quota = platform.settings.limits.active_simulation_job_batches
+    if store.count_active_batches(session, ctx.account_id, ctx.region) >= quota:
+        raise LimitExceeded(
+            f"the account already has {quota} active simulation job batches (active_simulation_job_batches)"
+        )
+    batch_id = random_id("batch-")
+    now = time.time()
+    batch = store.SimulationJobBatchRow(
+        batch_id=batch_id,
+        arn=build_arn(ctx, "simulation-job-batch", batch_id),
+        account_id=ctx.account_id,
+        region=ctx.region,
+        status="Pending",
+        client_request_token=params.get("clientRequestToken"),
+        request_fingerprint=fingerprint,
+        max_concurrency=policy["maxConcurrency"],
+        timeout_seconds=policy["timeoutInSeconds"],
+        created_at=now,
+        last_updated_at=now,
+        deadline_at=now + policy["timeoutInSeconds"],
+    )
+    session.add(batch)
+    return batch
+
+
+def _insert_requests(
+    session, batch: store.SimulationJobBatchRow, requests: list[dict], failures: list[tuple[str, str] | None]
+) -> None:
+    for position, (request, failure) in enumerate(zip(requests, failures, strict=True)):
+        row = store.BatchRequestRow(
+            batch_id=batch.batch_id,
+            position=position,
+            state=PENDING if failure is None else FAILED,
+            request=request,
+            attempts=0,
+            updated_at=batch.created_at,
+        )
+        if failure is not None:
+            row.failure_code, row.failure_reason = failure
+            row.failed_at = batch.created_at
+        session.add(row)
+
+
+@operation("StartSimulationJobBatch")
+def start_simulation_job_batch(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    token, fingerprint = params.get("clientRequestToken"), _fingerprint(params)
+    with platform.db.read() as session:
+        replayed = _replay(session, ctx, token, fingerprint)
+    if replayed is not None:
+        return _start_response(replayed)
+    policy = batch_policy(params)
+    batch_tags = tag_rules.checked_tags(params.get("tags") or {})
+    requests = params["createSimulationJobRequests"]
+    failures = [check_request(platform, ctx, request) for request in requests]
+    with platform.db.transaction() as session:
+        replayed = _replay(session, ctx, token, fingerprint)
+        if replayed is not None:
+            return _start_response(replayed)
+        batch = _insert_batch(session, platform, ctx, params, policy, fingerprint)
+        _insert_requests(session, batch, requests, failures)
+        tag_rules.store_tags(session, batch.arn, batch_tags)
+        session.flush()
+        view = batch_view(session, batch)
+    platform.notify("simulation_batches")
+    return _start_response(view)
+
+
+def _owned_batch(session, ctx: RequestContext, arn: str, *, for_update: bool = False):
+    owned_arn(ctx, arn, "simulation-job-batch", "batch")
+    batch = store.batch_by_arn(session, arn, for_update=for_update)
+    if batch is None:
+        raise ResourceNotFound(f"batch: simulation job batch {arn} not found")
+    return batch
+
+
+@operation("DescribeSimulationJobBatch")
+def describe_simulation_job_batch(
+    platform: Any, ctx: RequestContext, params: dict[str, Any]
+) -> dict[str, Any]:
+    with platform.db.read() as session:
+        return batch_view(session, _owned_batch(session, ctx, params["batch"]))
+
+
+def _list_filters(params: dict[str, Any]) -> dict[str, str]:
+    filters = {}
+    for index, flt in enumerate(params.get("filters") or [], start=1):
+        name = flt.get("name")
+        if name not in LIST_FILTERS:
+            raise InvalidParameter(
+                f"filters.{index}.member.name: supported filters are {', '.join(sorted(LIST_FILTERS))}"
+            )
+        values = flt.get("values") or []
+        if len(values) != 1:
+            raise InvalidParameter(f"filters.{index}.member.values: give exactly one value")
+        filters[name] = values[0]
+    return filters
+
+
+@operation("ListSimulationJobBatches")
+def list_simulation_job_batches(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    filters = _list_filters(params)
+    limit = params.get("maxResults") or DEFAULT_PAGE
+    if limit < 1:
+        raise InvalidParameter("maxResults: must be at least 1")
+    limit = min(limit, DEFAULT_PAGE)
+    scope = "batches:" + json.dumps(filters, sort_keys=True)
+    offset = decode_token(params.get("nextToken"), scope)
+    with platform.db.read() as session:
+        rows = store.list_batches(
+            session, ctx.account_id, ctx.region, status=filters.get("status"), offset=offset, limit=limit + 1
+        )
+        window, token = page(rows, offset, limit, scope)
+        counts = store.request_counts(session, [batch.batch_id for batch in window])
+    result: dict[str, Any] = {
+        "simulationJobBatchSummaries": [batch_summary(b, counts[b.batch_id]) for b in window]
+    }
+    if token:
+        result["nextToken"] = token
+    return result
+
+
+@operation("CancelSimulationJobBatch")
+def cancel_simulation_job_batch(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    with platform.db.transaction() as session:
+        batch = _owned_batch(session, ctx, params["batch"], for_update=True)
+        if batch.status not in DRIVING_STATUSES:
+            return {}  # already ended or winding down: cancelling again changes nothing
+        now = time.time()
+        set_status(batch, "Canceling", now)
+        wind_down(session, batch, now)
+    platform.notify("simulation_jobs")
+    platform.notify("simulation_batches")
+    return {}
+
+
+@taggable("simulation-job-batch")
+def _batch_exists(platform: Any, ctx: RequestContext, arn: str) -> bool:
+    with platform.db.read() as session:
+        batch = store.batch_by_arn(session, arn)
+        return batch is not None and batch.account_id == ctx.account_id and batch.region == ctx.region
+
+
+# --- driving a batch (the controller's steps; each is one transaction and idempotent) ---------------------
+
+
+def set_status(batch: store.SimulationJobBatchRow, status: str, now: float) -> None:
+    if batch.status != status:
+        batch.status = status
+        batch.last_updated_at = now
+
+
+def batch_context(batch: store.SimulationJobBatchRow) -> RequestContext:
+    return RequestContext(account_id=batch.account_id, region=batch.region)
+
+
+def _member_end_code(batch: store.SimulationJobBatchRow) -> str:
+    return "BatchCanceled" if batch.status == "Canceling" else "BatchTimedOut"
+
+
+def _retire_pending(batch: store.SimulationJobBatchRow, row: store.BatchRequestRow, now: float) -> None:
+    """A pending request when the batch stops: dropped on cancel, failed on timeout (spec §3.3)."""
+    row.updated_at = now
+    if batch.status == "Canceling":
+        row.state = DROPPED
+        return
+    row.state = FAILED
+    row.failed_at = now
+    if row.failure_code is None:
+        # Never tried, or tried without error: it simply did not get its turn before the deadline.
+        row.failure_code = "BatchTimedOut"
+        row.failure_reason = (
+            f"The batch timed out after {batch.timeout_seconds} seconds before this request was started."
+        )
+
+
+def wind_down(session, batch: store.SimulationJobBatchRow, now: float) -> bool:
+    """Canceling/TimingOut: stop members, retire pending requests, and end the batch once nothing runs.
+
+    Returns True when a member was asked to stop (the job controller should look)."""
+    code = _member_end_code(batch)
+    reason = (
+        "Canceled with its simulation job batch."
+        if code == "BatchCanceled"
+        else (f"Its simulation job batch timed out after {batch.timeout_seconds} seconds.")
+    )
+    stopped = False
+    for job in store.active_members(session, batch.arn, for_update=True):
+        if job.desired != "cancel":
+            jobs.request_cancel(job, code=code, reason=reason)
+            stopped = True
+    for row in store.requests_of(session, batch.batch_id, PENDING):
+        _retire_pending(batch, row, now)
+        batch.last_updated_at = now
+    session.flush()
+    if store.count_active_members(session, batch.arn) == 0:
+        finish(session, batch, now)
+    return stopped
+
+
+def _internal_failure(session, batch: store.SimulationJobBatchRow) -> store.BatchRequestRow | None:
+    return next(
+        (r for r in store.requests_of(session, batch.batch_id, FAILED) if r.failure_code == INTERNAL_ERROR),
+        None,
+    )
+
+
+def finish(session, batch: store.SimulationJobBatchRow, now: float) -> None:
+    """The batch's final status, once no request is pending and no member is active (spec §3.3)."""
+    if batch.status == "Canceling":
+        set_status(batch, "Canceled", now)
+        return
+    failed = _internal_failure(session, batch)
+    if failed is not None:
+        batch.failure_code = INTERNAL_ERROR
+        batch.failure_reason = (
+            f"Request {failed.position + 1} of the batch could not be processed because of an internal error."
+        )
+        set_status(batch, "Failed", now)
+    else:
+        set_status(batch, "TimedOut" if batch.status == "TimingOut" else "Completed", now)
+
+
+def settle(session, batch: store.SimulationJobBatchRow, now: float) -> None:
+    """A driving batch with nothing left to start: Completing while members run, then its final status."""
+    if store.requests_of(session, batch.batch_id, PENDING):
+        return
+    if store.count_active_members(session, batch.arn) == 0:
+        finish(session, batch, now)
+    else:
+        set_status(batch, "Completing", now)
+
+
+def start_timeout(session, batch: store.SimulationJobBatchRow, now: float) -> bool:
+    """Past its deadline a driving batch starts timing out; returns True when members were asked to stop."""
+    set_status(batch, "TimingOut", now)
+    return wind_down(session, batch, now)
+
+
+# --- turning pending requests into member jobs ------------------------------------------------------------
+
+
+def _due(row: store.BatchRequestRow, now: float) -> bool:
+    if row.failure_code != INTERNAL_ERROR or row.failed_at is None:
+        return True
+    return now - row.failed_at >= RETRY_INTERNAL_ERROR_AFTER_SECONDS
+
+
+def next_pending(session, batch: store.SimulationJobBatchRow, count: int, now: float) -> list[int]:
+    """Positions of the next `count` pending requests due for an attempt, in request order."""
+    rows = [r for r in store.requests_of(session, batch.batch_id, PENDING) if _due(r, now)]
+    return [r.position for r in rows[:count]]
+
+
+def _record_attempt_failure(
+    batch: store.SimulationJobBatchRow, row: store.BatchRequestRow, error: Exception, now: float
+) -> None:
+    code, reason = _failure_of(error)
+    row.attempts += 1
+    row.failure_code, row.failure_reason, row.failed_at, row.updated_at = code, reason, now, now
+    retryable = code in RETRYABLE_CODES and not (
+        code == INTERNAL_ERROR and row.attempts >= MAX_INTERNAL_ERROR_ATTEMPTS
+    )
+    if not retryable:
+        row.state = FAILED
+        batch.last_updated_at = now
+
+
+def _definitions(platform: Any, batch, positions: list[int], requests: dict[int, dict]) -> dict[int, Any]:
+    """Each request validated again (what it names may have changed since the start): definition or error."""
+    ctx = batch_context(batch)
+    results: dict[int, Any] = {}
+    for position in positions:
+        try:
+            results[position] = validate_request(platform, ctx, requests[position])
+        except Exception as exc:  # recorded on the request, never fatal to the batch's other requests
+            results[position] = exc
+    return results
+
+
+def create_members(platform: Any, batch_id: str, positions: list[int]) -> int:
+    """Turn these pending requests into member jobs while the batch has room; returns how many were made.
+
+    The job row and the request's move to `created` commit together, so a crash leaves either both or
+    neither: a restarted controller never loses nor duplicates a member."""
+    with platform.db.read() as session:
+        batch = store.get_batch(session, batch_id)
+        if batch is None or batch.status not in DRIVING_STATUSES:
+            return 0
+        requests = {r.position: r.request for r in store.requests_of(session, batch_id, PENDING)}
+    positions = [p for p in positions if p in requests]
+    results = _definitions(platform, batch, positions, requests)
+    made = 0
+    now = time.time()
+    with platform.db.transaction() as session:
+        batch = store.get_batch(session, batch_id, for_update=True)
+        if batch is None or batch.status not in DRIVING_STATUSES:
+            return 0
+        room = batch.max_concurrency - store.count_active_members(session, batch.arn)
+        for position in positions:
+            row = store.get_request(session, batch_id, position, for_update=True)
+            if row is None or row.state != PENDING:
+                continue
+            result = results[position]
+            if isinstance(result, Exception):
+                _record_attempt_failure(batch, row, result, now)
+                continue
+            if room <= 0:
+                break
+            if not _insert_member(session, platform, batch, row, result, now):
+                break  # the account's job quota is full: later requests would fail the same way
+            room -= 1
+            made += 1
+        settle(session, batch, now)
+    return made
+
+
+def _insert_member(session, platform: Any, batch, row: store.BatchRequestRow, definition, now: float) -> bool:
+    try:
+        job = jobs.insert_job(
+            session, platform, batch_context(batch), job_params(row.request), definition, batch_arn=batch.arn
+        )
+    except LimitExceeded as exc:
+        _record_attempt_failure(batch, row, exc, now)
+        return False
+    row.state, row.job_arn, row.updated_at = CREATED, job.arn, now
+    row.failure_code = row.failure_reason = row.failed_at = None
+    set_status(batch, "InProgress", now)
+    batch.last_updated_at = now
+    return True

@@ -1,0 +1,194 @@
+"""Simulation job batches (spec §3): the batch, and one row per request it was given.
+
+Each request row sits in exactly one bucket (`state`): pending, created (it became member job `job_arn`),
+failed, or dropped (pending when the batch was cancelled). Moving a request between buckets and creating
+its member job happen in one transaction, so a restart neither loses nor duplicates a member.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Float, Integer, String, Text, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from openrobomaker.store.base import Base
+from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, SimulationJobRow
+
+ACTIVE_BATCH_STATUSES = ("Pending", "InProgress", "Completing", "Canceling", "TimingOut")
+TERMINAL_BATCH_STATUSES = ("Completed", "Failed", "Canceled", "TimedOut")
+
+PENDING, CREATED, FAILED, DROPPED = "pending", "created", "failed", "dropped"
+
+
+class SimulationJobBatchRow(Base):
+    __tablename__ = "simulation_job_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1224), unique=True)
+    account_id: Mapped[str] = mapped_column(String(12), index=True)
+    region: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    failure_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_request_token: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the request minus its token, to tell an idempotent retry from a mismatch
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    max_concurrency: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_updated_at: Mapped[float] = mapped_column(Float)
+    # created_at + timeout_seconds: past it an unfinished batch times out
+    deadline_at: Mapped[float] = mapped_column(Float)
+
+
+class BatchRequestRow(Base):
+    __tablename__ = "simulation_job_batch_requests"
+
+    batch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    # the SimulationJobRequest as the user sent it (echoed in pendingRequests / failedRequests)
+    request: Mapped[dict] = mapped_column(JSON)
+    job_arn: Mapped[str | None] = mapped_column(String(1224), nullable=True)
+    # failed: why; pending: why the last attempt to create its job did not succeed (it is retried)
+    failure_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # attempts to create its job that ended in a retryable error (LimitExceeded, internal errors)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+
+
+def batch_by_arn(session: Session, arn: str, *, for_update: bool = False) -> SimulationJobBatchRow | None:
+    query = select(SimulationJobBatchRow).where(SimulationJobBatchRow.arn == arn)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def get_batch(session: Session, batch_id: str, *, for_update: bool = False) -> SimulationJobBatchRow | None:
+    query = select(SimulationJobBatchRow).where(SimulationJobBatchRow.batch_id == batch_id)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def batch_by_token(
+    session: Session, account_id: str, region: str, token: str
+) -> SimulationJobBatchRow | None:
+    return session.scalars(
+        select(SimulationJobBatchRow).where(
+            SimulationJobBatchRow.account_id == account_id,
+            SimulationJobBatchRow.region == region,
+            SimulationJobBatchRow.client_request_token == token,
+        )
+    ).first()
+
+
+def count_active_batches(session: Session, account_id: str, region: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(SimulationJobBatchRow)
+            .where(
+                SimulationJobBatchRow.account_id == account_id,
+                SimulationJobBatchRow.region == region,
+                SimulationJobBatchRow.status.in_(ACTIVE_BATCH_STATUSES),
+            )
+        )
+        or 0
+    )
+
+
+def active_batch_ids(session: Session) -> list[str]:
+    """Every batch the controller still drives, oldest first (older batches get freed capacity first)."""
+    return list(
+        session.scalars(
+            select(SimulationJobBatchRow.batch_id)
+            .where(SimulationJobBatchRow.status.in_(ACTIVE_BATCH_STATUSES))
+            .order_by(SimulationJobBatchRow.created_at, SimulationJobBatchRow.batch_id)
+        )
+    )
+
+
+def list_batches(
+    session: Session, account_id: str, region: str, *, status: str | None, offset: int, limit: int
+) -> list[SimulationJobBatchRow]:
+    query = select(SimulationJobBatchRow).where(
+        SimulationJobBatchRow.account_id == account_id, SimulationJobBatchRow.region == region
+    )
+    if status is not None:
+        query = query.where(SimulationJobBatchRow.status == status)
+    query = query.order_by(SimulationJobBatchRow.created_at.desc(), SimulationJobBatchRow.batch_id)
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+def requests_of(session: Session, batch_id: str, state: str | None = None) -> list[BatchRequestRow]:
+    query = select(BatchRequestRow).where(BatchRequestRow.batch_id == batch_id)
+    if state is not None:
+        query = query.where(BatchRequestRow.state == state)
+    return list(session.scalars(query.order_by(BatchRequestRow.position)))
+
+
+def get_request(
+    session: Session, batch_id: str, position: int, *, for_update: bool = False
+) -> BatchRequestRow | None:
+    query = select(BatchRequestRow).where(
+        BatchRequestRow.batch_id == batch_id, BatchRequestRow.position == position
+    )
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def request_counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str, int]]:
+    """{batch_id: {state: count}} for the list summaries."""
+    counts: dict[str, dict[str, int]] = {batch_id: {} for batch_id in batch_ids}
+    if not batch_ids:
+        return counts
+    rows = session.execute(
+        select(BatchRequestRow.batch_id, BatchRequestRow.state, func.count())
+        .where(BatchRequestRow.batch_id.in_(batch_ids))
+        .group_by(BatchRequestRow.batch_id, BatchRequestRow.state)
+    )
+    for batch_id, state, count in rows:
+        counts[batch_id][state] = count
+    return counts
+
+
+# --- member jobs -----------------------------------------------------------------------------------------
+
+
+def member_jobs(session: Session, batch_arn: str) -> list[SimulationJobRow]:
+    return list(
+        session.scalars(
+            select(SimulationJobRow)
+            .where(SimulationJobRow.batch_arn == batch_arn)
+            .order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)
+        )
+    )
+
+
+def active_members(session: Session, batch_arn: str, *, for_update: bool = False) -> list[SimulationJobRow]:
+    query = select(SimulationJobRow).where(
+        SimulationJobRow.batch_arn == batch_arn, SimulationJobRow.status.in_(ACTIVE_STATUSES)
+    )
+    if for_update:
+        query = query.with_for_update()
+    return list(session.scalars(query.order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)))
+
+
+def count_active_members(session: Session, batch_arn: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(SimulationJobRow)
+            .where(SimulationJobRow.batch_arn == batch_arn, SimulationJobRow.status.in_(ACTIVE_STATUSES))
+        )
+        or 0
+    )

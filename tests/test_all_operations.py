@@ -20,6 +20,7 @@ import pytest
 from botocore import xform_name
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, Shape
+from helpers import running_server
 
 MODEL = botocore.session.get_session().get_service_model("robomaker")
 ACCOUNT = "000000000000"
@@ -235,9 +236,13 @@ VIOLATION_CASES = [
 
 
 @pytest.fixture(scope="module")
-def raw_client(server):
-    """boto3's robomaker client with client-side parameter validation off."""
-    return server.client(parameter_validation=False)
+def raw_client():
+    """boto3's robomaker client, client-side parameter validation off, on a server of this module's own.
+
+    Generated requests may create fleets, robots, templates...; they stay out of the shared server.
+    """
+    with running_server() as server:
+        yield server.client(parameter_validation=False)
 
 
 def call(client, operation: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -255,7 +255,9 @@ def test_job_quota_keeps_requests_pending_until_the_timeout(idle_server, idle_ap
     ended = wait_batch(rm, started["arn"], TERMINAL, 15)
     assert ended["status"] == "TimedOut"
     assert ended["pendingRequests"] == []
-    assert [f["failureCode"] for f in ended["failedRequests"]] == ["LimitExceeded", "LimitExceeded"]
+    # The first blocked request was tried and failed with the quota; the one behind it never got a try.
+    assert [f["failureCode"] for f in ended["failedRequests"]] == ["LimitExceeded", "BatchTimedOut"]
+    assert "concurrent_simulation_jobs" in ended["failedRequests"][0]["failureReason"]
     members = rm.batch_describe_simulation_job(jobs=[c["arn"] for c in ended["createdRequests"]])["jobs"]
     assert {(j["status"], j["failureCode"]) for j in members} == {("Terminated", "BatchTimedOut")}
 

@@ -58,7 +58,7 @@ class SimulationJobBatchController(Controller):
                 if batch is None:
                     continue
                 active = store.count_active_members(session, batch.arn)
-                pending = len(store.requests_of(session, batch_id, store.PENDING))
+                pending = store.count_requests(session, batch_id, store.PENDING)
                 states.append(
                     BatchState(
                         batch_id=batch_id,

@@ -166,6 +166,7 @@ class SimulationJobController(Controller):
             self.executor.terminate(handle)
 
     def _settle_dead_runner(self, job_id: str, handle: str, work_dir: str | None) -> None:
+        self.executor.kill_leftovers(job_id)
         final = _read_final_report(work_dir)
         now = time.time()
         with self.platform.db.transaction() as session:

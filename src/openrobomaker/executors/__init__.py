@@ -19,5 +19,8 @@ class Executor(Protocol):
     def kill(self, handle: str) -> None:
         """Stop the runner and everything it started, now."""
 
+    def kill_leftovers(self, job_id: str) -> int:
+        """Stop whatever of a job outlived its runner."""
+
     def find_orphan(self, spec_path: str) -> str | None:
         """A runner already started for this spec (a start the control plane crashed before recording)."""

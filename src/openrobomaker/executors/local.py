@@ -84,6 +84,21 @@ class LocalExecutor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
 
+    def kill_leftovers(self, job_id: str) -> int:
+        """Kill every process still marked with the job's id (a runner killed with SIGKILL cannot clean up)."""
+        marker = f"AWS_ROBOMAKER_SIMULATION_JOB_ID={job_id}\0".encode()
+        killed = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ProcessLookupError):
+                continue
+        return killed
+
     def find_orphan(self, spec_path: str) -> str | None:
         wanted = "\0".join(runner_command(spec_path)[1:]).encode()
         for entry in Path("/proc").iterdir():

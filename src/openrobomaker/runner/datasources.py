@@ -119,7 +119,6 @@ def _fetch_archive(store: ObjectStore, source: DataSourceSpec, root: Path, key: 
     try:
         _download(store, source, key, etag, archive, budget)
         staging = Path(tempfile.mkdtemp(dir=scratch, prefix="extract-"))
-        staging.rmdir()
         limits = ExtractionLimits(max_members=10_000, max_total_bytes=MAX_TOTAL_BYTES - budget.total_bytes)
         safe_extract_archive(archive, staging, limits)
         _merge_into(staging, root)

@@ -16,6 +16,7 @@ closes, or — through setpriv's pdeathsig and unshare's --kill-child — when t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -193,10 +194,8 @@ class NamespaceIsolation(Isolation):
         try:
             self.holder.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.holder.pid, 9)
-            except ProcessLookupError:
-                pass
             self.holder.wait(timeout=5)
         self.holder = None
 

@@ -7,6 +7,7 @@ reach every node; the marker lets the runner find and kill whatever a launcher l
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -107,10 +108,8 @@ class JobProcess:
                 self.sink.write_line(line.decode("utf-8", "replace"))
 
     def signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def wait(self, timeout: float) -> bool:
         try:

@@ -91,7 +91,7 @@ def main():
     rospy.Service("/robomaker/job/add_tags", AddTags, on_add_tags)
     rospy.Service("/robomaker/job/list_tags", ListTags, on_list_tags)
     rospy.Service("/robomaker/job/remove_tags", RemoveTags, on_remove_tags)
-    print("RoboMaker simulation ROS services ready for %s" % JOB_ARN, flush=True)
+    print(f"RoboMaker simulation ROS services ready for {JOB_ARN}", flush=True)
     rospy.spin()
     return 0
 

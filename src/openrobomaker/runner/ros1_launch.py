@@ -47,13 +47,13 @@ class CrashListener:
         process = self.process_monitor.get_process(process_name) if self.process_monitor else None
         required = bool(getattr(process, "required", False))
         respawn = bool(getattr(process, "respawn", False))
-        what = "process [%s]" % process_name
+        what = f"process [{process_name}]"
         if process is not None and getattr(process, "package", None):
-            what += " (%s/%s)" % (process.package, getattr(process, "name", ""))
+            what += f" (package {process.package})"
         if required:
-            reason = "required %s exited with code %s" % (what, exit_code)
+            reason = f"required {what} exited with code {exit_code}"
         elif exit_code not in (0, None) and not respawn:
-            reason = "%s exited with code %s" % (what, exit_code)
+            reason = f"{what} exited with code {exit_code}"
         else:
             return
         if self.crash_reason is None:
@@ -61,16 +61,16 @@ class CrashListener:
 
 
 def resolve_launch_file(package, launch_file):
-    import rospkg
     import roslaunch.core
     import roslaunch.rlutil
+    import rospkg
 
     try:
         rospkg.RosPack().get_path(package)
     except rospkg.ResourceNotFound:
         raise roslaunch.core.RLException(
-            "Resource not found: package [%s] is not on ROS_PACKAGE_PATH (%s)"
-            % (package, os.environ.get("ROS_PACKAGE_PATH", ""))
+            f"Resource not found: package [{package}] is not on ROS_PACKAGE_PATH "
+            f"({os.environ.get('ROS_PACKAGE_PATH', '')})"
         ) from None
     return roslaunch.rlutil.resolve_launch_arguments([package, launch_file])
 
@@ -101,10 +101,12 @@ def run(args):
     try:
         parent.start()
     except Exception as exc:  # RLException, substitution errors, XML errors: all mean "could not launch"
+        reason = f"{type(exc).__name__}: {exc}"
         try:
             parent.shutdown()
-        finally:
-            return fail(args, EXIT_LAUNCH_ERROR, "launch-error", "%s: %s" % (type(exc).__name__, exc))
+        except Exception:  # noqa: S110 - the launch error is what matters
+            pass
+        return fail(args, EXIT_LAUNCH_ERROR, "launch-error", reason)
     listener.process_monitor = parent.pm
     try:
         while not parent.pm.is_shutdown and listener.crash_reason is None:

@@ -413,7 +413,7 @@ def finish(session, batch: store.SimulationJobBatchRow, now: float) -> None:
 
 def settle(session, batch: store.SimulationJobBatchRow, now: float) -> None:
     """A driving batch with nothing left to start: Completing while members run, then its final status."""
-    if store.requests_of(session, batch.batch_id, PENDING):
+    if store.count_requests(session, batch.batch_id, PENDING):
         return
     if store.count_active_members(session, batch.arn) == 0:
         finish(session, batch, now)

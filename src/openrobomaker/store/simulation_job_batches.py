@@ -135,6 +135,17 @@ def requests_of(session: Session, batch_id: str, state: str | None = None) -> li
     return list(session.scalars(query.order_by(BatchRequestRow.position)))
 
 
+def count_requests(session: Session, batch_id: str, state: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(BatchRequestRow)
+            .where(BatchRequestRow.batch_id == batch_id, BatchRequestRow.state == state)
+        )
+        or 0
+    )
+
+
 def get_request(
     session: Session, batch_id: str, position: int, *, for_update: bool = False
 ) -> BatchRequestRow | None:

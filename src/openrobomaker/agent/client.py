@@ -1,0 +1,104 @@
+"""The agent's HTTP client for the server's agent channel: every request SigV4-signed as the robot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+
+@dataclass(frozen=True)
+class RobotCredentials:
+    robot_arn: str
+    region: str
+    access_key_id: str
+    secret_access_key: str
+    endpoint: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> RobotCredentials:
+        data = json.loads(path.read_text())
+        return cls(
+            robot_arn=data["robotArn"],
+            region=data["region"],
+            access_key_id=data["accessKeyId"],
+            secret_access_key=data["secretAccessKey"],
+            endpoint=data.get("endpoint"),
+        )
+
+
+class ChannelError(Exception):
+    """The server answered with an error (not a network failure): `status` and the API error `code`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def sign(method: str, url: str, body: bytes, key_id: str, secret: str, region: str) -> dict[str, str]:
+    request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(key_id, secret), "robomaker", region).add_auth(request)
+    return dict(request.headers.items())
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = response.headers.get("x-amzn-ErrorType") or body.get("__type") or "Unknown"
+    raise ChannelError(response.status_code, code, body.get("message") or response.text[:200])
+
+
+class AgentClient:
+    def __init__(self, endpoint: str, creds: RobotCredentials, timeout: float = 10.0):
+        self.endpoint = endpoint.rstrip("/")
+        self.creds = creds
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, read=60.0))
+
+    def _signed(self, method: str, path: str, body: bytes = b"", query: dict | None = None) -> tuple[str, dict]:
+        url = self.endpoint + path
+        if query:
+            url += "?" + urlencode(query, quote_via=quote, safe="")
+        headers = sign(
+            method, url, body, self.creds.access_key_id, self.creds.secret_access_key, self.creds.region
+        )
+        return url, headers
+
+    def post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        body = json.dumps({"robot": self.creds.robot_arn, **payload}).encode()
+        url, headers = self._signed("POST", path, body)
+        response = self.http.post(url, content=body, headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        _raise_for(response)
+        return response.json()
+
+    def poll(self, current: str | None, wait: float) -> dict[str, Any]:
+        return self.post("/_agent/v1/poll", {"current": current, "wait": wait}, timeout=wait + 15)
+
+    def report(self, report: dict[str, Any]) -> dict[str, Any]:
+        return self.post("/_agent/v1/report", report)
+
+    @contextmanager
+    def download(self, path: str, job_id: str, start: int = 0) -> Iterator[httpx.Response]:
+        url, headers = self._signed("GET", path, query={"robot": self.creds.robot_arn, "jobId": job_id})
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        with self.http.stream("GET", url, headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            yield response
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,550 @@
+"""One simulation job run on this node, from Preparing to Finished.
+
+Phases reported: Preparing -> Running [-> RunningFailed -> Running | -> Restarting -> Running]* ->
+Terminating -> Finished (outcome Completed | Failed | Canceled). A failure while Preparing goes straight to
+Finished/Failed.
+
+How applications ending are read:
+
+* The simulation application exiting with code 0 ends the job `Completed` (a test that finished).
+* A robot application exiting with code 0 while the simulation runs just stays exited: robot code that
+  finishes its task should not end the simulation around it. When every application has exited with 0 the
+  job is `Completed` too, so a robot-only job does not idle until its maximum duration.
+* Any application exiting non-zero (for ROS 1: any node dying non-zero or a required node dying, see
+  ros1_launch.py) is a `SimulationApplicationCrash` / `RobotApplicationCrash`. With failureBehavior `Fail`
+  the job ends `Failed`; with `Continue` ("restart the simulation job in the same host instance", the 2020
+  meaning) the phase is RunningFailed while every application is restarted in place (same ROS master, same
+  bundles), with a backoff of 1, 2, 4 … 30 s between repeated crashes, then Running again.
+* `maxJobDurationInSeconds`, measured from the first entry into Running, ends the job `Completed`, or
+  `Failed` with the last crash when it is reached while RunningFailed.
+* Cancel (control plane action, SIGTERM, or a `cancel` file in the work dir) ends the job `Canceled`.
+* A `restart` action stops the applications, downloads their bundles again (a changed `$LATEST` is picked
+  up), and starts them again: Restarting -> Running, same runId, same master.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openrobomaker.bundles import ExtractedBundle, remove_tree, sourced_argv
+from openrobomaker.objectstore import open_store
+from openrobomaker.runner.datasources import MOUNT_ROOT, PreparedDataSource, fetch_data_sources
+from openrobomaker.runner.environment import (
+    JobContext,
+    application_environment,
+    base_environment,
+    service_node_environment,
+)
+from openrobomaker.runner.failures import (
+    INTERNAL_SERVICE_ERROR,
+    CancelRequested,
+    JobFailure,
+    app_label,
+    crash_code,
+)
+from openrobomaker.runner.fetch import fetch_application
+from openrobomaker.runner.forwarder import UnixToTcpForwarder
+from openrobomaker.runner.isolation import DataSourceMount, Isolation, choose_isolation
+from openrobomaker.runner.layout import RunLayout
+from openrobomaker.runner.outputs import check_output_location, output_key_prefix, upload_outputs
+from openrobomaker.runner.procs import RUN_MARKER_VAR, JobProcess, LogSink, kill_marked_processes
+from openrobomaker.runner.reporter import Reporter
+from openrobomaker.runner.rosmsgs import ensure_ros_messages
+from openrobomaker.runner.spec import ApplicationSpec, RunnerSpec
+
+log = logging.getLogger(__name__)
+
+ROS_PYTHON = "/usr/bin/python3"
+RUNNER_DIR = Path(__file__).resolve().parent
+LAUNCHER = str(RUNNER_DIR / "ros1_launch.py")
+SERVICE_NODE = str(RUNNER_DIR / "robomaker_service.py")
+FORWARDER = str(RUNNER_DIR / "forwarder.py")
+MASTER_START_TIMEOUT = 30.0
+APP_SIGINT_TIMEOUT = 10.0  # the launcher gives nodes 5 s for SIGINT and 2 s for SIGTERM itself
+BAG_SIGINT_TIMEOUT = 15.0  # rosbag must get to close the bag properly
+POLL_SECONDS = 0.2
+MAX_CRASH_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: str  # Completed | Failed | Canceled
+    failure_code: str | None = None
+    failure_reason: str | None = None
+
+
+@dataclass
+class AppRuntime:
+    spec: ApplicationSpec
+    sink: LogSink
+    bundle: ExtractedBundle | None = None
+    bundle_dir: Path | None = None
+    process: JobProcess | None = None
+    status_file: Path | None = None
+    generation: int = 0
+    starts: int = 0
+    exited_cleanly: bool = False
+
+    @property
+    def slug(self) -> str:
+        return self.spec.kind
+
+
+@dataclass
+class Clock:
+    """Simulation time is time spent Running; the max duration counts from the first Running."""
+
+    first_running: float | None = None
+    running_since: float | None = None
+    accumulated: float = 0.0
+
+    def enter(self, phase: str) -> None:
+        now = time.monotonic()
+        if self.running_since is not None and phase != "Running":
+            self.accumulated += now - self.running_since
+            self.running_since = None
+        if phase == "Running" and self.running_since is None:
+            self.running_since = now
+            self.first_running = self.first_running if self.first_running is not None else now
+
+    def simulation_millis(self) -> int:
+        running = self.accumulated
+        since = self.running_since
+        if since is not None:
+            running += time.monotonic() - since
+        return int(running * 1000)
+
+    def elapsed_since_first_running(self) -> float:
+        return 0.0 if self.first_running is None else time.monotonic() - self.first_running
+
+
+@dataclass
+class Infrastructure:
+    master: JobProcess | None = None
+    service_node: JobProcess | None = None
+    bag_recorder: JobProcess | None = None
+    ns_forwarder: JobProcess | None = None
+    host_forwarder: UnixToTcpForwarder | None = None
+    sinks: list[LogSink] = field(default_factory=list)
+
+
+class JobRun:
+    def __init__(self, spec: RunnerSpec):
+        self.spec = spec
+        self.layout = RunLayout(Path(spec.work_dir))
+        self.cache_dir = Path(spec.cache_dir)
+        self.store = open_store(spec.object_store)
+        self.events: queue.Queue[str] = queue.Queue()
+        self.clock = Clock()
+        self.phase = "Preparing"
+        self.run_marker = uuid.uuid4().hex
+        self.isolation: Isolation | None = None
+        self.infra = Infrastructure()
+        self.apps: list[AppRuntime] = []
+        self.data_sources: list[PreparedDataSource] = []
+        self.context: JobContext | None = None
+        self.output_prefix = (
+            output_key_prefix(spec.output_location, spec.job_id, spec.run_id) if spec.output_location else None
+        )
+        self.output_writable = False
+        self.processes_started = False
+        self.crashes = 0
+        self.last_crash: tuple[str, str] | None = None
+        self.reporter = Reporter(
+            url=spec.control_plane.url,
+            job_id=spec.job_id,
+            run_id=spec.run_id,
+            token=spec.control_plane.token,
+            on_action=self.events.put,
+            simulation_time_millis=self.clock.simulation_millis,
+            final_report_path=self.layout.final_report,
+        )
+
+    # --- top level ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self.reporter.start()
+        self._set_phase("Preparing")
+        log.info("run %s of %s (restartCount %s)", self.spec.run_id, self.spec.job_id, self.spec.restart_count)
+        result = self._execute()
+        result = self._wind_down(result)
+        log.info("run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or "")
+        self.reporter.finish(result.outcome, result.failure_code, result.failure_reason)
+        self.reporter.stop()
+        return 0
+
+    def _execute(self) -> RunResult:
+        try:
+            self._prepare()
+            self._start_infrastructure()
+            self._start_all_apps()
+            self._enter_running()
+            return self._supervise()
+        except CancelRequested:
+            return RunResult("Canceled")
+        except JobFailure as failure:
+            return RunResult("Failed", failure.code, failure.reason)
+        except Exception as exc:
+            log.exception("unexpected error")
+            return RunResult("Failed", INTERNAL_SERVICE_ERROR, f"Unexpected error in the simulation runner: {exc}")
+
+    def _wind_down(self, result: RunResult) -> RunResult:
+        if self.processes_started:
+            self._set_phase("Terminating")
+        self._stop_everything()
+        return self._upload_outputs(result)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.events.put("cancel"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _next_event(self, timeout: float) -> str | None:
+        """`cancel`, `restart` or None; the cancel file counts as a cancel."""
+        if self.layout.cancel_file.exists():
+            return "cancel"
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return "cancel" if self.layout.cancel_file.exists() else None
+        return event if event in ("cancel", "restart") else None
+
+    def _check_cancel(self) -> None:
+        """Between preparation steps: honour a cancel, drop restarts (nothing runs yet)."""
+        while True:
+            event = self._next_event(0)
+            if event == "cancel":
+                raise CancelRequested()
+            if event is None:
+                return
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but react to cancel (raise) and to the max duration (return early)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._duration_reached():
+            if self._next_event(min(POLL_SECONDS, max(deadline - time.monotonic(), 0))) == "cancel":
+                raise CancelRequested()
+
+    def _set_phase(self, phase: str, code: str | None = None, reason: str | None = None) -> None:
+        self.clock.enter(phase)
+        self.phase = phase
+        self.reporter.set_phase(phase, failure_code=code, failure_reason=reason)
+
+    # --- preparing ------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.layout.create()
+        if not self.spec.applications:
+            raise JobFailure(INTERNAL_SERVICE_ERROR, "The simulation job has no application to run.")
+        if self.spec.output_location and self.output_prefix is not None:
+            check_output_location(self.store, self.spec.output_location, self.output_prefix)
+            self.output_writable = True
+        self._check_cancel()
+        self.isolation = choose_isolation(self.spec.isolation)
+        log.info("isolation: %s", self.isolation.mode)
+        for app_spec in self.spec.applications:
+            sink = LogSink(self.layout.app_log(app_spec.is_simulation))
+            self.infra.sinks.append(sink)
+            app = AppRuntime(spec=app_spec, sink=sink)
+            self.apps.append(app)
+            self._fetch_bundle(app)
+            self._check_cancel()
+        self.data_sources = fetch_data_sources(
+            self.store, self.spec.data_sources, self.layout.datasources, self.layout.downloads
+        )
+        self._check_cancel()
+
+    def _fetch_bundle(self, app: AppRuntime) -> None:
+        app.generation += 1
+        bundle_dir = self.layout.apps / f"{app.slug}-{app.generation}"
+        app.sink.note(f"downloading bundle of {app_label(app.spec)} (version {app.spec.version})")
+        bundle = fetch_application(
+            self.store, app.spec, self.layout.downloads / f"{app.slug}.bundle", bundle_dir, self.cache_dir / "bundles"
+        )
+        if app.bundle_dir is not None:
+            remove_tree(app.bundle_dir)
+        app.bundle, app.bundle_dir = bundle, bundle_dir
+
+    # --- infrastructure -------------------------------------------------------------------------
+
+    def _start_infrastructure(self) -> None:
+        assert self.isolation is not None
+        try:
+            messages = ensure_ros_messages(self.cache_dir)
+        except (OSError, RuntimeError) as exc:
+            raise JobFailure(INTERNAL_SERVICE_ERROR, f"Cannot build robomaker_simulation_msgs: {exc}") from exc
+        self.isolation.start(self.layout.namespace)
+        self.processes_started = True
+        datasources_dir = self._mount_data_sources()
+        api_url = self._bridge_api_endpoint()
+        self.context = JobContext(
+            master_port=self.isolation.master_port,
+            api_endpoint_url=api_url,
+            datasources_dir=datasources_dir,
+            ros_package_path=[messages.package_root],
+            python_path=[messages.python_path],
+            run_marker=self.run_marker,
+        )
+        self._start_master()
+        self.infra.service_node = self._spawn_infra(
+            "robomaker_simulation_service",
+            [ROS_PYTHON, SERVICE_NODE],
+            service_node_environment(self.spec, self.layout, self.context),
+        )
+        if self.spec.record_all_ros_topics:
+            self.infra.bag_recorder = self._spawn_infra(
+                "rosbag_record",
+                ["/usr/bin/rosbag", "record", "--all", "--output-prefix", str(self.layout.ros_bags / "robomaker")],
+                base_environment(self.layout, self.context),
+            )
+
+    def _mount_data_sources(self) -> str:
+        assert self.isolation is not None
+        if self.isolation.isolated and self.data_sources:
+            mounts = [DataSourceMount(ds.host_dir, ds.mount_target) for ds in self.data_sources]
+            if self.isolation.mount_data_sources(mounts):
+                return MOUNT_ROOT
+        return str(self.layout.datasources)
+
+    def _bridge_api_endpoint(self) -> str:
+        """The API URL as apps inside the job reach it; isolated jobs get a forwarder on their loopback."""
+        assert self.isolation is not None
+        url = self.spec.api_endpoint.url
+        if not self.isolation.isolated:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        inner_port = port if port != self.isolation.master_port else port + 1
+        socket_path = str(self.layout.api_socket_path())
+        self.infra.host_forwarder = UnixToTcpForwarder(socket_path, parts.hostname or "127.0.0.1", port)
+        self.infra.host_forwarder.start()
+        self.infra.ns_forwarder = self._spawn_infra(
+            "api_forwarder",
+            [ROS_PYTHON, "-I", FORWARDER, "tcp-to-unix", str(inner_port), socket_path],
+            {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", RUN_MARKER_VAR: self.run_marker},
+        )
+        if not self.isolation.wait_for_port(inner_port, 10.0):
+            raise JobFailure(INTERNAL_SERVICE_ERROR, "The API forwarder inside the job's network namespace did not start.")
+        return urllib.parse.urlunsplit((parts.scheme, f"127.0.0.1:{inner_port}", parts.path, "", ""))
+
+    def _spawn_infra(self, name: str, argv: list[str], env: dict[str, str]) -> JobProcess:
+        assert self.isolation is not None
+        sink = LogSink(self.layout.infra_log(name))
+        self.infra.sinks.append(sink)
+        cwd = self.layout.home
+        return JobProcess(name, self.isolation.wrap(argv, cwd), env, sink, cwd, f"{self.run_marker}-{name}")
+
+    def _start_master(self) -> None:
+        assert self.isolation is not None and self.context is not None
+        port = self.isolation.master_port
+        self.infra.master = self._spawn_infra(
+            "roscore", ["/usr/bin/roscore", "-p", str(port)], base_environment(self.layout, self.context)
+        )
+        if not self.isolation.wait_for_port(port, MASTER_START_TIMEOUT) or self.infra.master.poll() is not None:
+            raise JobFailure(
+                INTERNAL_SERVICE_ERROR,
+                f"The ROS master did not start on port {port}: {_tail(self.layout.infra_log('roscore'))}",
+            )
+
+    # --- applications ---------------------------------------------------------------------------
+
+    def _launch_argv(self, app: AppRuntime) -> list[str]:
+        config = app.spec.launch_config
+        if config.command:
+            return list(config.command)
+        if not (config.package_name and config.launch_file):
+            raise JobFailure(
+                crash_code(app.spec),
+                f"{app_label(app.spec)} has neither launchConfig.command nor packageName and launchFile.",
+            )
+        if app.spec.software_suite.name == "ROS2":
+            return ["ros2", "launch", config.package_name, config.launch_file]
+        assert app.status_file is not None
+        return [ROS_PYTHON, LAUNCHER, "--status-file", str(app.status_file), config.package_name, config.launch_file]
+
+    def _start_app(self, app: AppRuntime) -> None:
+        assert self.isolation is not None and self.context is not None and app.bundle is not None
+        app.starts += 1
+        app.exited_cleanly = False
+        app.status_file = self.layout.status / f"{app.slug}-{app.starts}.json"
+        argv = sourced_argv(app.bundle, self._launch_argv(app))
+        env = application_environment(self.spec, app.spec, self.layout, self.context, app.bundle.ros_package_roots)
+        app.sink.note(f"starting {app_label(app.spec)} (start #{app.starts})")
+        cwd = self.layout.home
+        app.process = JobProcess(
+            f"{app.slug}-app", self.isolation.wrap(argv, cwd), env, app.sink, cwd, f"{self.run_marker}-{app.slug}"
+        )
+
+    def _start_all_apps(self) -> None:
+        # The simulation first, as RoboMaker did: robot code usually waits for the world's topics.
+        for app in sorted(self.apps, key=lambda a: not a.spec.is_simulation):
+            self._start_app(app)
+
+    def _stop_apps(self) -> None:
+        running = [app for app in self.apps if app.process is not None]
+        threads = [threading.Thread(target=app.process.stop, args=(APP_SIGINT_TIMEOUT,)) for app in running]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for app in running:
+            app.sink.note(f"stopped {app_label(app.spec)}")
+
+    def _enter_running(self) -> None:
+        self._set_phase("Running")
+        self.reporter.set_started_at(time.time())
+
+    # --- running --------------------------------------------------------------------------------
+
+    def _duration_reached(self) -> bool:
+        started = self.clock.first_running is not None
+        return started and self.clock.elapsed_since_first_running() >= self.spec.max_job_duration_seconds
+
+    def _supervise(self) -> RunResult:
+        while True:
+            event = self._next_event(POLL_SECONDS)
+            if event == "cancel":
+                raise CancelRequested()
+            if self._duration_reached():
+                return self._result_at_max_duration()
+            if event == "restart":
+                self._restart_applications()
+                continue
+            self._check_infrastructure()
+            result = self._check_apps()
+            if result is not None:
+                return result
+
+    def _result_at_max_duration(self) -> RunResult:
+        log.info("maximum job duration of %ss reached", self.spec.max_job_duration_seconds)
+        if self.phase == "RunningFailed" and self.last_crash:
+            return RunResult("Failed", *self.last_crash)
+        return RunResult("Completed")
+
+    def _check_infrastructure(self) -> None:
+        master = self.infra.master
+        if master is not None and master.poll() is not None:
+            raise JobFailure(
+                INTERNAL_SERVICE_ERROR,
+                f"The ROS master exited with code {master.poll()}: {_tail(self.layout.infra_log('roscore'))}",
+            )
+
+    def _check_apps(self) -> RunResult | None:
+        for app in self.apps:
+            if app.process is None or app.exited_cleanly:
+                continue
+            code = app.process.poll()
+            if code is None:
+                continue
+            app.process.stop()  # the launcher is gone; make sure nothing it started lingers
+            if code == 0:
+                app.exited_cleanly = True
+                app.sink.note(f"{app_label(app.spec)} exited with code 0")
+                if app.spec.is_simulation or all(a.exited_cleanly for a in self.apps):
+                    return RunResult("Completed")
+                continue
+            failure_code, reason = crash_code(app.spec), self._crash_reason(app, code)
+            app.sink.note(reason)
+            if self.spec.failure_behavior == "Fail":
+                return RunResult("Failed", failure_code, reason)
+            self._continue_after_crash(failure_code, reason)
+            return None
+        return None
+
+    def _crash_reason(self, app: AppRuntime, exit_code: int) -> str:
+        label = app_label(app.spec)
+        label = label[0].upper() + label[1:]
+        detail = _launcher_reason(app.status_file)
+        if detail:
+            return f"{label} crashed: {detail}"
+        if exit_code == 127:
+            return f"{label} could not be started: command not found ({' '.join(self._launch_argv(app)[:3])})"
+        if exit_code < 0:
+            return f"{label} was killed by signal {-exit_code}"
+        return f"{label} exited with code {exit_code}"
+
+    def _continue_after_crash(self, failure_code: str, reason: str) -> None:
+        """failureBehavior Continue: RunningFailed, restart every application in place, Running again."""
+        self.crashes += 1
+        self.last_crash = (failure_code, reason)
+        self._set_phase("RunningFailed", failure_code, reason)
+        self._stop_apps()
+        self._wait(min(MAX_CRASH_BACKOFF, 2.0 ** (self.crashes - 1)))
+        if self._duration_reached():
+            return
+        self._start_all_apps()
+        self._enter_running()
+
+    def _restart_applications(self) -> None:
+        """RestartSimulationJob: stop the apps, download their bundles again, start them again."""
+        log.info("restart requested by the control plane")
+        self._set_phase("Restarting")
+        self._stop_apps()
+        for app in self.apps:
+            self._fetch_bundle(app)
+        self._start_all_apps()
+        self._enter_running()
+
+    # --- ending ---------------------------------------------------------------------------------
+
+    def _stop_everything(self) -> None:
+        self._stop_apps()
+        infra = self.infra
+        if infra.bag_recorder is not None:
+            infra.bag_recorder.stop(sigint_timeout=BAG_SIGINT_TIMEOUT)  # SIGINT lets rosbag close the bag
+        for process in (infra.service_node, infra.master, infra.ns_forwarder):
+            if process is not None:
+                process.stop(sigint_timeout=5.0)
+        if self.isolation is not None:
+            self.isolation.stop()
+        if infra.host_forwarder is not None:
+            infra.host_forwarder.close()
+        kill_marked_processes(RUN_MARKER_VAR, self.run_marker)
+        for sink in infra.sinks:
+            sink.close()
+
+    def _upload_outputs(self, result: RunResult) -> RunResult:
+        location = self.spec.output_location
+        if location is None or self.output_prefix is None or not self.output_writable:
+            return result
+        try:
+            upload_outputs(self.store, location, self.output_prefix, self.layout.output)
+        except JobFailure as failure:
+            log.error("%s", failure)
+            if result.outcome == "Failed":
+                return result
+            if result.outcome == "Canceled":
+                return RunResult("Canceled", failure.code, failure.reason)
+            return RunResult("Failed", failure.code, failure.reason)
+        return result
+
+
+def _launcher_reason(status_file: Path | None) -> str | None:
+    if status_file is None or not status_file.is_file():
+        return None
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return status.get("reason") if status.get("result") in ("crash", "launch-error") else None
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
+    except OSError:
+        return "(no log)"

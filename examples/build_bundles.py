@@ -66,9 +66,10 @@ def _gzip_tar(fill) -> bytes:
     # mtime=0 in the gzip header keeps the archive byte-for-byte reproducible.
     import gzip
 
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(
-        fileobj=gz, mode="w", format=tarfile.GNU_FORMAT
-    ) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         fill(tar)
     return buf.getvalue()
 
@@ -89,10 +90,18 @@ def colcon_v2_bundle_bytes(overlays: dict[str, bytes]) -> bytes:
     entries, offset = [], V2_METADATA_AREA
     for name, data in overlays.items():
         header_size = len(_info(name, len(data)).tobuf(tarfile.GNU_FORMAT))
-        entries.append({"name": name, "sha256": hashlib.sha256(data).hexdigest(), "offset": offset + header_size,
-                        "size": len(data)})
+        entries.append(
+            {
+                "name": name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "offset": offset + header_size,
+                "size": len(data),
+            }
+        )
         offset += header_size + math.ceil(len(data) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    metadata = _gzip_tar(lambda tar: _add_bytes(tar, "overlays.json", json.dumps({"overlays": entries}).encode()))
+    metadata = _gzip_tar(
+        lambda tar: _add_bytes(tar, "overlays.json", json.dumps({"overlays": entries}).encode())
+    )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         _add_bytes(tar, "version", b"2")
@@ -110,7 +119,9 @@ def build_app(app: str, out_dir: Path) -> list[Path]:
     dependencies = _gzip_tar(lambda tar: _add_bytes(tar, "setup.sh", DEPENDENCIES_SETUP_SH.encode()))
     workspace = plain_bundle_bytes([package])
     v2 = out_dir / f"{app}.colcon-v2.tar"
-    v2.write_bytes(colcon_v2_bundle_bytes({"dependencies.tar.gz": dependencies, "workspace.tar.gz": workspace}))
+    v2.write_bytes(
+        colcon_v2_bundle_bytes({"dependencies.tar.gz": dependencies, "workspace.tar.gz": workspace})
+    )
     return [plain, v2]
 
 

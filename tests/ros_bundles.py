@@ -118,7 +118,8 @@ import os
 import time
 import boto3
 
-client = boto3.client("robomaker")
+# Debian 12 ships botocore 1.29, older than AWS_ENDPOINT_URL_ROBOMAKER support (1.31), so pass it explicitly.
+client = boto3.client("robomaker", endpoint_url=os.environ["AWS_ENDPOINT_URL_ROBOMAKER"])
 arn = os.environ["AWS_ROBOMAKER_SIMULATION_JOB_ARN"]
 client.tag_resource(resourceArn=arn, tags={"fromInside": os.environ["AWS_ROBOMAKER_SIMULATION_RUN_ID"][:40].replace(":", "-")})
 print("tagged from inside", flush=True)

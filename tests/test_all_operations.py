@@ -44,8 +44,17 @@ _ARN_PATHS = {
 IAM_ROLE = f"arn:aws:iam::{ACCOUNT}:role/generated-role"
 TRIVIAL_PATTERNS = {".*", ".+", "[\\S\\s]+", "[\\s\\S]+"}
 STRING_CANDIDATES = [
-    "generated-value", "1", "9", "1.x", "ALL", "$LATEST", "A", "generated.bucket", "a",
-    "sha256:" + "0" * 64, IAM_ROLE,
+    "generated-value",
+    "1",
+    "9",
+    "1.x",
+    "ALL",
+    "$LATEST",
+    "A",
+    "generated.bucket",
+    "a",
+    "sha256:" + "0" * 64,
+    IAM_ROLE,
 ]
 BAD_PATTERN_CANDIDATES = ["#bad value!", "!", "~~", "\u00e9\u00e9\u00e9"]
 
@@ -68,7 +77,12 @@ def resource_type_for(operation: str, path: tuple[str, ...]) -> str:
         return "world-generation-job"
     if member in ("worlds", "world"):
         return "world"
-    table = {"batch": "simulation-job-batch", "fleet": "deployment-fleet", "robot": "robot", "template": "world-template"}
+    table = {
+        "batch": "simulation-job-batch",
+        "fleet": "deployment-fleet",
+        "robot": "robot",
+        "template": "world-template",
+    }
     return table.get(member, "robot-application")
 
 
@@ -100,7 +114,10 @@ def valid_value(shape: Shape, operation: str, path: tuple[str, ...] = ()) -> Any
     kind = shape.type_name
     meta = shape.metadata
     if kind == "structure":
-        return {name: valid_value(shape.members[name], operation, (*path, name)) for name in shape.required_members}
+        return {
+            name: valid_value(shape.members[name], operation, (*path, name))
+            for name in shape.required_members
+        }
     if kind == "list":
         count = max(meta.get("min", 0), 1)
         return [valid_value(shape.member, operation, path) for _ in range(count)]
@@ -273,7 +290,9 @@ def test_valid_minimal_input_is_routed(raw_client, operation):
         message = exc.response["Error"].get("Message", "")
         assert status not in (404, 500), f"{operation} answered {status} {code}: {message}"
         assert code != "InternalServerException", message
-        assert code in modeled, f"{operation} answered {code!r}, not one of its modeled errors {sorted(modeled)}: {message}"
+        assert code in modeled, (
+            f"{operation} answered {code!r}, not one of its modeled errors {sorted(modeled)}: {message}"
+        )
         assert status == 400, (status, code)
         assert VALIDATION_WORDING not in message, f"the valid input {params} was rejected: {message}"
     else:
@@ -289,5 +308,7 @@ def test_one_violated_constraint_is_an_invalid_parameter(raw_client, operation, 
     error = exc.value.response["Error"]
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert error["Code"] == "InvalidParameterException", error
-    assert violation.field in error["Message"], f"message does not name {violation.field!r}: {error['Message']}"
+    assert violation.field in error["Message"], (
+        f"message does not name {violation.field!r}: {error['Message']}"
+    )
     assert NOT_AVAILABLE not in error["Message"], "validation must come before 'not available'"

@@ -139,7 +139,9 @@ def test_create_returns_the_application(rm, bundles, kind):
     created = kind.create(rm, name, [source])
     after = time.time()
 
-    match = re.fullmatch(rf"arn:aws:robomaker:{REGION}:{ACCOUNT}:{kind.arn_type}/{name}/(\d{{13}})", created["arn"])
+    match = re.fullmatch(
+        rf"arn:aws:robomaker:{REGION}:{ACCOUNT}:{kind.arn_type}/{name}/(\d{{13}})", created["arn"]
+    )
     assert match, created["arn"]
     created_ms = int(match.group(1))
     assert before * 1000 - 2000 <= created_ms <= after * 1000 + 2000
@@ -155,7 +157,16 @@ def test_create_returns_the_application(rm, bundles, kind):
     assert created["ResponseMetadata"]["HTTPStatusCode"] == 200
 
     described = kind.call(rm, "describe", application=created["arn"])
-    for key in ("arn", "name", "version", "revisionId", "sources", "robotSoftwareSuite", "lastUpdatedAt", "tags"):
+    for key in (
+        "arn",
+        "name",
+        "version",
+        "revisionId",
+        "sources",
+        "robotSoftwareSuite",
+        "lastUpdatedAt",
+        "tags",
+    ):
         assert described[key] == created[key], key
 
 
@@ -308,7 +319,9 @@ def test_current_revision_id_guards_create_version(rm, app, bundles, kind):
     assert error_code(exc) == "InvalidParameterException"
     assert "currentRevisionId" in error_message(exc)
 
-    version = kind.call(rm, "create_version", application=created["arn"], currentRevisionId=updated["revisionId"])
+    version = kind.call(
+        rm, "create_version", application=created["arn"], currentRevisionId=updated["revisionId"]
+    )
     assert version["version"] == "1"
     assert version["sources"][0]["s3Key"] == new_source["s3Key"]
 
@@ -358,7 +371,9 @@ def test_update_changes_latest_revision_and_time(rm, app, bundles, kind):
     assert one["revisionId"] == version["revisionId"]
     assert one["robotSoftwareSuite"] == {"name": "ROS", "version": "Melodic"}
 
-    again = kind.update(rm, created["arn"], [new_source], robotSoftwareSuite={"name": "ROS2", "version": "Foxy"})
+    again = kind.update(
+        rm, created["arn"], [new_source], robotSoftwareSuite={"name": "ROS2", "version": "Foxy"}
+    )
     assert again["revisionId"] != updated["revisionId"]
 
 
@@ -437,7 +452,9 @@ def test_paginator_returns_every_application_exactly_once(rm, app, kind):
     assert len(listed) == len(set(listed)), "an application was listed twice"
     assert mine <= set(listed)
 
-    everything = paginator.paginate(versionQualifier="ALL", PaginationConfig={"PageSize": 2}).build_full_result()
+    everything = paginator.paginate(
+        versionQualifier="ALL", PaginationConfig={"PageSize": 2}
+    ).build_full_result()
     pairs = [(s["arn"], s["version"]) for s in everything[kind.summaries_key]]
     assert len(pairs) == len(set(pairs))
     assert {(arn, "$LATEST") for arn in mine} <= set(pairs)
@@ -600,7 +617,9 @@ def test_applications_on_an_s3_object_store(s3_server, moto_s3):
     upload = s3.create_multipart_upload(Bucket=bucket, Key="big.tar")
     parts = []
     for number, chunk in enumerate([b"a" * (5 * 1024 * 1024), b"tail"], start=1):
-        part = s3.upload_part(Bucket=bucket, Key="big.tar", UploadId=upload["UploadId"], PartNumber=number, Body=chunk)
+        part = s3.upload_part(
+            Bucket=bucket, Key="big.tar", UploadId=upload["UploadId"], PartNumber=number, Body=chunk
+        )
         parts.append({"ETag": part["ETag"], "PartNumber": number})
     s3.complete_multipart_upload(
         Bucket=bucket, Key="big.tar", UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
@@ -616,7 +635,9 @@ def test_applications_on_an_s3_object_store(s3_server, moto_s3):
     created = rm.create_robot_application(
         name=unique("s3"), sources=sources, robotSoftwareSuite={"name": "ROS", "version": "Melodic"}
     )
-    version = rm.create_robot_application_version(application=created["arn"], s3Etags=[single_etag, multi_etag])
+    version = rm.create_robot_application_version(
+        application=created["arn"], s3Etags=[single_etag, multi_etag]
+    )
     assert [s["etag"] for s in version["sources"]] == [single_etag, multi_etag]
     described = rm.describe_robot_application(application=created["arn"], applicationVersion="1")
     assert [s["etag"] for s in described["sources"]] == [single_etag, multi_etag]

@@ -26,8 +26,15 @@ SUITE = {"name": "ROS", "version": "Melodic"}
 UNKNOWN_ARN = "arn:aws:robomaker:us-east-1:000000000000:robot-application/nothing-here/1551203427717"
 
 
-def signed(endpoint: str, method: str, path: str, body: bytes | None = None, query: str = "",
-           key: tuple[str, str] = ("test", "test"), region: str = "us-east-1") -> httpx.Response:
+def signed(
+    endpoint: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    query: str = "",
+    key: tuple[str, str] = ("test", "test"),
+    region: str = "us-east-1",
+) -> httpx.Response:
     """Sign with botocore's SigV4Auth exactly as the robomaker client does, then send with httpx."""
     url = f"{endpoint}{path}" + (f"?{query}" if query else "")
     headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -100,7 +107,9 @@ def test_model_error_statuses_match_the_model():
 
 
 def test_invalid_parameter_error_format(server):
-    response = signed(server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": "x"}).encode())
+    response = signed(
+        server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": "x"}).encode()
+    )
     body = assert_error_format(response, 400, "InvalidParameterException")
     assert "application" in body["message"]
 
@@ -113,7 +122,10 @@ def test_missing_required_member_error_format(server):
 
 def test_resource_not_found_error_format(server):
     response = signed(
-        server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": UNKNOWN_ARN}).encode()
+        server.endpoint,
+        "POST",
+        "/describeRobotApplication",
+        json.dumps({"application": UNKNOWN_ARN}).encode(),
     )
     assert_error_format(response, 400, "ResourceNotFoundException")
     tags = signed(server.endpoint, "GET", "/tags/" + quote(UNKNOWN_ARN, safe=""))
@@ -168,7 +180,11 @@ def _unimplemented_operation_without_required_input() -> str | None:
     candidates = preferred + list(model.operation_names)
     for name in candidates:
         operation = model.operation_model(name)
-        if name not in implemented and operation.input_shape is not None and not operation.input_shape.required_members:
+        if (
+            name not in implemented
+            and operation.input_shape is not None
+            and not operation.input_shape.required_members
+        ):
             return name
     return None
 
@@ -199,8 +215,11 @@ def test_create_world_template_is_routed_and_answers_with_a_modeled_error_or_suc
     except ClientError as exc:
         assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert exc.response["Error"]["Code"] in {
-            "InvalidParameterException", "ResourceAlreadyExistsException", "ResourceNotFoundException",
-            "LimitExceededException", "ThrottlingException",
+            "InvalidParameterException",
+            "ResourceAlreadyExistsException",
+            "ResourceNotFoundException",
+            "LimitExceededException",
+            "ThrottlingException",
         }
 
 
@@ -223,7 +242,9 @@ def _walk(value):
 
 
 def test_timestamps_are_epoch_seconds_as_json_numbers(server, app_arn):
-    response = signed(server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": app_arn}).encode())
+    response = signed(
+        server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": app_arn}).encode()
+    )
     assert response.status_code == 200
     body = response.json()
     stamp = body["lastUpdatedAt"]
@@ -263,3 +284,22 @@ def test_an_empty_body_counts_as_an_empty_input(server):
     response = signed(server.endpoint, "POST", "/listRobotApplications", b"")
     assert response.status_code == 200
     assert "robotApplicationSummaries" in response.json()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tags/" + quote(UNKNOWN_ARN.replace("/nothing", "/nothing\n"), safe=""),
+        "/tags/%0A0",
+        "/noSuch%0AOperation",
+    ],
+    ids=["arn-with-newline", "newline-label", "unknown-path-with-newline"],
+)
+def test_a_percent_encoded_newline_in_the_path_gets_an_api_error(server, path):
+    # Every path, whatever bytes it decodes to, is answered in the API's error format.
+    response = signed(server.endpoint, "GET", path)
+    assert response.status_code in (400, 404), response.text
+    assert_error_format(response, response.status_code)
+    if path.startswith("/tags/"):
+        assert response.json()["__type"] == "InvalidParameterException"
+        assert "resourceArn" in response.json()["message"]

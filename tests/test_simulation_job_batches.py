@@ -5,10 +5,13 @@ restart mid-batch, and fair sharing of the host with plain jobs.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from helpers import running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
+from ros_bundles import node_launch, ros_package_bundle
 
 ROLE = "arn:aws:iam::000000000000:role/RoboMakerBatchRole"
 FOURTEEN_DAYS = 14 * 24 * 3600
@@ -48,6 +52,10 @@ def cancel_and_wait(rm, arn: str, timeout: float = 60) -> dict:
 
 
 # --- without ROS: a server with no host capacity, so member jobs stay Pending -----------------------------
+
+
+def idle_test(test):
+    return pytest.mark.xdist_group("batches-idle")(test)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +100,7 @@ def invalid_request() -> dict:
     return {"maxJobDurationInSeconds": 60, "iamRole": ROLE}
 
 
+@idle_test
 def test_each_request_is_validated_on_its_own(idle_server, idle_app):
     rm = idle_server.client()
     good = idle_request(idle_app, tags={"scenario": "a"})
@@ -178,6 +187,7 @@ def test_each_request_is_validated_on_its_own(idle_server, idle_app):
     assert rm.describe_simulation_job_batch(batch=started["arn"])["status"] == "Canceled"
 
 
+@idle_test
 def test_batch_policy_defaults_and_bounds(idle_server):
     rm = idle_server.client()
     for policy, field in (
@@ -197,6 +207,7 @@ def test_batch_policy_defaults_and_bounds(idle_server):
     assert [f["failureCode"] for f in ended["failedRequests"]] == ["InvalidInput"]
 
 
+@idle_test
 def test_client_request_token_is_idempotent(idle_server):
     rm = idle_server.client()
     token = uuid.uuid4().hex
@@ -217,6 +228,7 @@ def test_client_request_token_is_idempotent(idle_server):
     wait_batch(rm, first["arn"], TERMINAL, 10)
 
 
+@idle_test
 def test_active_batch_quota(idle_server, idle_app):
     rm = idle_server.client()
     started = []
@@ -237,6 +249,7 @@ def test_active_batch_quota(idle_server, idle_app):
             cancel_and_wait(rm, arn)
 
 
+@idle_test
 def test_job_quota_keeps_requests_pending_until_the_timeout(idle_server, idle_app):
     """Requests the account's job quota blocks stay pending; at the timeout they fail with LimitExceeded."""
     rm = idle_server.client()
@@ -262,6 +275,7 @@ def test_job_quota_keeps_requests_pending_until_the_timeout(idle_server, idle_ap
     assert {(j["status"], j["failureCode"]) for j in members} == {("Terminated", "BatchTimedOut")}
 
 
+@idle_test
 def test_timeout_fails_requests_that_never_started(idle_server, idle_app):
     rm = idle_server.client()
     started = rm.start_simulation_job_batch(
@@ -277,6 +291,7 @@ def test_timeout_fails_requests_that_never_started(idle_server, idle_app):
     assert (job["status"], job["failureCode"]) == ("Terminated", "BatchTimedOut")
 
 
+@idle_test
 def test_list_filter_pagination_tags_and_errors(idle_server):
     rm = idle_server.client()
     arns = [
@@ -320,3 +335,356 @@ def test_list_filter_pagination_tags_and_errors(idle_server):
         other_region.describe_simulation_job_batch(batch=arns[0])
     with pytest.raises(rm.exceptions.InvalidParameterException):
         rm.describe_simulation_job_batch(batch=arns[0].replace("simulation-job-batch", "simulation-job"))
+
+
+@idle_test
+def test_internal_errors_creating_members_are_retried_then_fail_the_batch(tmp_path, monkeypatch):
+    """In process, with the controller driven by hand: an internal error (not an API error) while creating
+    a member is retried a few times, then fails that request with InternalServiceError, and the batch ends
+    Failed while its other requests still become jobs."""
+    from openrobomaker.config import Settings
+    from openrobomaker.controllers.simulation_job_batches import SimulationJobBatchController
+    from openrobomaker.server import build_platform
+    from openrobomaker.services import applications, simulation_jobs
+    from openrobomaker.services import simulation_job_batches as service
+    from openrobomaker.services.context import RequestContext
+
+    platform = build_platform(Settings(data_dir=tmp_path))
+    ctx = RequestContext(account_id="000000000000", region="us-east-1")
+    platform.objects.create_bucket("bundles")
+    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
+    app = applications.create_application(
+        platform,
+        ctx,
+        applications.SIMULATION,
+        {
+            "name": "flaky",
+            "robotSoftwareSuite": {"name": "ROS", "version": "Melodic"},
+            "simulationSoftwareSuite": {"name": "Gazebo", "version": "9"},
+            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
+        },
+    )
+    good, flaky = idle_request(app), idle_request(app, maxJobDurationInSeconds=601)
+    real_build = simulation_jobs.build_definition
+    calls = {"flaky": 0}
+
+    def build_definition(platform_, ctx_, params):
+        if params["maxJobDurationInSeconds"] == 601:
+            calls["flaky"] += 1
+            if calls["flaky"] > 1:  # valid at the start, then the store "breaks" for this request
+                raise RuntimeError("disk on fire")
+        return real_build(platform_, ctx_, params)
+
+    monkeypatch.setattr(simulation_jobs, "build_definition", build_definition)
+    monkeypatch.setattr(service, "RETRY_INTERNAL_ERROR_AFTER_SECONDS", 0.0)
+    started = service.start_simulation_job_batch(
+        platform, ctx, {"createSimulationJobRequests": [flaky, good], "batchPolicy": {"maxConcurrency": 2}}
+    )
+    assert len(started["pendingRequests"]) == 2
+    controller = SimulationJobBatchController(platform)
+    for _ in range(service.MAX_INTERNAL_ERROR_ATTEMPTS + 2):
+        controller.reconcile()
+    batch = service.describe_simulation_job_batch(platform, ctx, {"batch": started["arn"]})
+    assert calls["flaky"] == 1 + service.MAX_INTERNAL_ERROR_ATTEMPTS
+    assert [f["failureCode"] for f in batch["failedRequests"]] == ["InternalServiceError"]
+    assert batch["failedRequests"][0]["request"] == flaky
+    (member,) = batch["createdRequests"]
+    assert batch["status"] == "Completing"  # the good request's job is still Pending (no executor here)
+    with platform.db.transaction() as session:
+        simulation_jobs.request_cancel(simulation_jobs.store.job_by_arn(session, member["arn"]))
+    controller.reconcile()
+    batch = service.describe_simulation_job_batch(platform, ctx, {"batch": started["arn"]})
+    assert batch["status"] == "Failed"
+    assert batch["failureCode"] == "InternalServiceError"
+    assert "internal error" in batch["failureReason"]
+    platform.db.dispose()
+
+
+# --- with ROS: member jobs really run ------------------------------------------------------------------------
+
+
+def ros_test(test):
+    """Needs ROS 1; all such tests share one worker (one ROS server, predictable load on the host)."""
+    test = pytest.mark.xdist_group("batches-ros")(test)
+    test = pytest.mark.skipif(not Path("/usr/bin/roslaunch").exists(), reason="ROS 1 is not installed")(test)
+    return pytest.mark.ros(test)
+
+
+# A member job's node: appends "<job id> start|end <epoch>" to $STAMP_FILE around $RUN_SECONDS of work, then
+# exits 0 (the node is not required, so the launch and with it the job end Completed). Stopped early (batch
+# cancel or timeout), it still stamps its end.
+STAMPER = """#!/usr/bin/env python3
+import os, signal, sys, time
+
+def stamp(what):
+    with open(os.environ["STAMP_FILE"], "a") as out:
+        out.write("%s %s %.6f\\n" % (os.environ["AWS_ROBOMAKER_SIMULATION_JOB_ID"], what, time.time()))
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+stamp("start")
+try:
+    time.sleep(float(os.environ.get("RUN_SECONDS", "1")))
+finally:
+    stamp("end")
+"""
+ROS_CAPACITY = 3  # simulation units of the ROS server's host; every member uses one
+
+
+@pytest.fixture(scope="module")
+def ros_server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("batch-ros")
+    with running_server({"limits": {"simulation_units": ROS_CAPACITY}}, data_dir=directory) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def stamper_app(ros_server, tmp_path_factory):
+    store = open_store(ObjectStoreConfig(kind="local", root=str(ros_server.data_dir / "objects")))
+    store.create_bucket("bundles")
+    bundle = ros_package_bundle(
+        tmp_path_factory.mktemp("stamper") / "stamper.tar.gz",
+        "stamper",
+        {"stamper.py": STAMPER},
+        {"run.launch": node_launch("stamper", ("stamper", "stamper.py"), required=False)},
+    )
+    store.upload(bundle, "bundles", "stamper.tar.gz")
+    return ros_server.client().create_simulation_application(
+        name=f"stamper-{uuid.uuid4().hex[:8]}",
+        robotSoftwareSuite={"name": "ROS", "version": "Melodic"},
+        simulationSoftwareSuite={"name": "Gazebo", "version": "9"},
+        sources=[{"s3Bucket": "bundles", "s3Key": "stamper.tar.gz", "architecture": "X86_64"}],
+    )
+
+
+@pytest.fixture
+def batches(ros_server):
+    """Batch ARNs a test started; whatever is still running when it ends is cancelled."""
+    started: list[str] = []
+    yield started
+    rm = ros_server.client()
+    for arn in started:
+        if rm.describe_simulation_job_batch(batch=arn)["status"] not in TERMINAL:
+            cancel_and_wait(rm, arn)
+
+
+def stamper_request(app: dict, stamp_file: Path, seconds: float, duration: int = 300) -> dict:
+    return {
+        "maxJobDurationInSeconds": duration,
+        "iamRole": ROLE,
+        "simulationApplications": [
+            {
+                "application": app["arn"],
+                "launchConfig": {
+                    "packageName": "stamper",
+                    "launchFile": "run.launch",
+                    "environmentVariables": {"STAMP_FILE": str(stamp_file), "RUN_SECONDS": str(seconds)},
+                },
+            }
+        ],
+        "compute": {"simulationUnitLimit": 1},
+    }
+
+
+def read_stamps(path: Path) -> dict[str, dict[str, float]]:
+    """{job id: {"start": t, "end": t}}; a job stamping its start twice would be a duplicated run."""
+    runs: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        job_id, what, when = line.split()
+        assert what not in runs.setdefault(job_id, {}), f"{job_id} stamped {what} twice"
+        runs[job_id][what] = float(when)
+    return runs
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    # At equal times an end (-1) sorts before a start (+1): touching intervals do not overlap.
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of live processes whose environment holds `entry` (NAME=value): what a job left running."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
+
+
+def job_id_of(arn: str) -> str:
+    return arn.rsplit("/", 1)[1]
+
+
+def watch_batch(rm, arn: str, timeout: float, every: float = 0.1) -> tuple[dict, list[str]]:
+    """Poll until the batch ends; returns its last description and every status seen on the way."""
+    seen: list[str] = []
+
+    def ended():
+        batch = rm.describe_simulation_job_batch(batch=arn)
+        if not seen or seen[-1] != batch["status"]:
+            seen.append(batch["status"])
+        return batch if batch["status"] in TERMINAL else None
+
+    return wait_for(ended, timeout, f"batch {arn} to end", every), seen
+
+
+def members_of(rm, batch: dict) -> list[dict]:
+    arns = [c["arn"] for c in batch["createdRequests"]]
+    return rm.batch_describe_simulation_job(jobs=arns)["jobs"] if arns else []
+
+
+def stored_job_times(server, arns: list[str]) -> dict[str, tuple[float, float]]:
+    """(created_at, runner_started_at) of each job, read from the server's store: the admission order."""
+    marks = ",".join("?" * len(arns))
+    with contextlib.closing(sqlite3.connect(server.data_dir / "openrobomaker.db")) as db:
+        rows = db.execute(
+            f"SELECT arn, created_at, runner_started_at FROM simulation_jobs WHERE arn IN ({marks})", arns
+        ).fetchall()
+    return {arn: (created, runner) for arn, created, runner in rows}
+
+
+@ros_test
+def test_concurrency_limit_holds_for_the_real_processes(ros_server, stamper_app, batches, tmp_path):
+    rm = ros_server.client()
+    stamps = tmp_path / "stamps.txt"
+    requests = [stamper_request(stamper_app, stamps, 2) for _ in range(5)]
+    requests.insert(2, invalid_request())
+    started = rm.start_simulation_job_batch(
+        batchPolicy={"maxConcurrency": 2, "timeoutInSeconds": 600}, createSimulationJobRequests=requests
+    )
+    batches.append(started["arn"])
+    ended, seen = watch_batch(rm, started["arn"], 150)
+    assert ended["status"] == "Completed", ended
+    assert seen[0] in ("Pending", "InProgress") and "InProgress" in seen
+    assert [f["failureCode"] for f in ended["failedRequests"]] == ["InvalidInput"]
+    assert ended["pendingRequests"] == []
+    members = members_of(rm, ended)
+    assert len(members) == 5
+    assert {m["status"] for m in members} == {"Completed"}
+
+    runs = read_stamps(stamps)
+    assert set(runs) == {job_id_of(m["arn"]) for m in members}  # each member ran, exactly once
+    processes = [(run["start"], run["end"]) for run in runs.values()]
+    assert most_at_once(processes) == 2  # never more than maxConcurrency, and the limit was used
+    # The same holds for the jobs as the API shows them: from Running to their end.
+    assert (
+        most_at_once([(m["lastStartedAt"].timestamp(), m["lastUpdatedAt"].timestamp()) for m in members]) <= 2
+    )
+
+
+@ros_test
+def test_timeout_ends_running_members_and_fails_the_rest(ros_server, stamper_app, batches, tmp_path):
+    rm = ros_server.client()
+    stamps = tmp_path / "stamps.txt"
+    started = rm.start_simulation_job_batch(
+        batchPolicy={"maxConcurrency": 2, "timeoutInSeconds": 12},
+        createSimulationJobRequests=[stamper_request(stamper_app, stamps, 600) for _ in range(3)],
+    )
+    batches.append(started["arn"])
+    ended, seen = watch_batch(rm, started["arn"], 60)
+    assert ended["status"] == "TimedOut"
+    assert "TimingOut" in seen
+    assert ended["createdAt"].timestamp() + 12 <= ended["lastUpdatedAt"].timestamp()
+    assert [f["failureCode"] for f in ended["failedRequests"]] == ["BatchTimedOut"]
+    members = members_of(rm, ended)
+    assert [(m["status"], m["failureCode"]) for m in members] == [("Terminated", "BatchTimedOut")] * 2
+    assert read_stamps(stamps), "no member got as far as running its node within the timeout"
+    assert processes_with_env(f"STAMP_FILE={stamps}") == []  # the nodes were really stopped
+
+
+@ros_test
+def test_cancel_stops_running_members_and_drops_pending_requests(ros_server, stamper_app, batches, tmp_path):
+    rm = ros_server.client()
+    stamps = tmp_path / "stamps.txt"
+    started = rm.start_simulation_job_batch(
+        batchPolicy={"maxConcurrency": 1},
+        createSimulationJobRequests=[stamper_request(stamper_app, stamps, 600) for _ in range(3)],
+    )
+    batches.append(started["arn"])
+    wait_for(lambda: read_stamps(stamps), 60, "the first member's node to start")
+    rm.cancel_simulation_job_batch(batch=started["arn"])
+    ended, seen = watch_batch(rm, started["arn"], 60, every=0.05)
+    assert seen[0] == "Canceling"
+    assert ended["status"] == "Canceled"
+    assert ended["pendingRequests"] == [] and ended["failedRequests"] == []
+    (member,) = members_of(rm, ended)
+    assert (member["status"], member["failureCode"]) == ("Terminated", "BatchCanceled")
+    assert len(read_stamps(stamps)) == 1
+    assert processes_with_env(f"STAMP_FILE={stamps}") == []  # its node was really stopped
+
+
+@ros_test
+def test_server_crash_mid_batch_neither_loses_nor_duplicates_members(
+    ros_server, stamper_app, batches, tmp_path
+):
+    rm = ros_server.client()
+    stamps = tmp_path / "stamps.txt"
+    started = rm.start_simulation_job_batch(
+        batchPolicy={"maxConcurrency": 2},
+        createSimulationJobRequests=[stamper_request(stamper_app, stamps, 1) for _ in range(4)],
+    )
+    batches.append(started["arn"])
+    wait_for(
+        lambda: len(rm.describe_simulation_job_batch(batch=started["arn"])["createdRequests"]) >= 3,
+        90,
+        "a third member (one slot reused)",
+        every=0.05,
+    )
+    ros_server.kill()  # SIGKILL: whatever the controller was doing is cut off mid-way
+    ros_server.start()
+    rm = ros_server.client()
+    ended, _ = watch_batch(rm, started["arn"], 150)
+    assert ended["status"] == "Completed", ended
+    members = members_of(rm, ended)
+    assert len(members) == 4 and {m["status"] for m in members} == {"Completed"}
+    runs = read_stamps(stamps)
+    assert set(runs) == {job_id_of(m["arn"]) for m in members}
+    assert most_at_once([(run["start"], run["end"]) for run in runs.values()]) <= 2
+    listed = rm.list_simulation_jobs()["simulationJobSummaries"]
+    assert len({s["arn"] for s in listed} & {m["arn"] for m in members}) == 4
+
+
+@ros_test
+def test_batches_and_plain_jobs_share_the_host_in_creation_order(ros_server, stamper_app, batches, tmp_path):
+    """A batch filling the host does not starve a plain job or a later batch: the job controller admits
+    jobs in creation order, and a batch creates a member only when one of its own has ended."""
+    rm = ros_server.client()
+    stamps = tmp_path / "stamps.txt"
+    first = rm.start_simulation_job_batch(
+        batchPolicy={"maxConcurrency": ROS_CAPACITY},
+        createSimulationJobRequests=[stamper_request(stamper_app, stamps, 1) for _ in range(4)],
+    )
+    batches.append(first["arn"])
+    wait_for(
+        lambda: len(rm.describe_simulation_job_batch(batch=first["arn"])["createdRequests"]) == ROS_CAPACITY,
+        30,
+        "the first batch to fill the host",
+        every=0.05,
+    )
+    plain = rm.create_simulation_job(**stamper_request(stamper_app, stamps, 1))["arn"]
+    second = rm.start_simulation_job_batch(
+        createSimulationJobRequests=[stamper_request(stamper_app, stamps, 1) for _ in range(2)]
+    )
+    batches.append(second["arn"])
+    first_ended, _ = watch_batch(rm, first["arn"], 150)
+    second_ended, _ = watch_batch(rm, second["arn"], 60)
+    assert first_ended["status"] == second_ended["status"] == "Completed"
+    assert wait_for(
+        lambda: rm.describe_simulation_job(job=plain)["status"] in JOB_TERMINAL and True, 60, "the plain job"
+    )
+
+    first_members = [c["arn"] for c in first_ended["createdRequests"]]
+    newcomers = [plain] + [c["arn"] for c in second_ended["createdRequests"]]
+    times = stored_job_times(ros_server, first_members + newcomers)
+    for arn in newcomers:
+        created, admitted = times[arn]
+        later_members = [times[m][1] for m in first_members if times[m][0] > created]
+        assert later_members, "the first batch had no member left to compete with"
+        assert admitted < min(later_members), f"{arn} waited behind members created after it"
+    runs = read_stamps(stamps)
+    assert len(runs) == 7
+    assert most_at_once([(run["start"], run["end"]) for run in runs.values()]) <= ROS_CAPACITY

@@ -35,9 +35,15 @@ def make_app(rm, source):
     def make(kind: str = "robot", tags: dict | None = None) -> dict:
         extra = {"tags": tags} if tags is not None else {}
         if kind == "robot":
-            return rm.create_robot_application(name=unique(), sources=[source], robotSoftwareSuite=SUITE, **extra)
+            return rm.create_robot_application(
+                name=unique(), sources=[source], robotSoftwareSuite=SUITE, **extra
+            )
         return rm.create_simulation_application(
-            name=unique(), sources=[source], robotSoftwareSuite=SUITE, simulationSoftwareSuite=SIM_SUITE, **extra
+            name=unique(),
+            sources=[source],
+            robotSoftwareSuite=SUITE,
+            simulationSoftwareSuite=SIM_SUITE,
+            **extra,
         )
 
     return make
@@ -101,9 +107,14 @@ def test_at_most_fifty_tags_at_create(rm, source):
         rm.create_robot_application(name=name, sources=[source], robotSoftwareSuite=SUITE, tags=too_many)
     assert error_code(exc) == "InvalidParameterException"
     assert "tags" in exc.value.response["Error"]["Message"]
-    assert rm.list_robot_applications(filters=[{"name": "name", "values": [name]}])["robotApplicationSummaries"] == []
+    assert (
+        rm.list_robot_applications(filters=[{"name": "name", "values": [name]}])["robotApplicationSummaries"]
+        == []
+    )
 
-    created = rm.create_robot_application(name=name, sources=[source], robotSoftwareSuite=SUITE, tags=fifty_tags())
+    created = rm.create_robot_application(
+        name=name, sources=[source], robotSoftwareSuite=SUITE, tags=fifty_tags()
+    )
     assert len(tags_of(rm, created["arn"])) == 50
 
 
@@ -158,9 +169,14 @@ def test_aws_prefix_is_reserved(rm, make_app, source):
 
     name = unique()
     with pytest.raises(ClientError) as exc:
-        rm.create_robot_application(name=name, sources=[source], robotSoftwareSuite=SUITE, tags={"aws:x": "y"})
+        rm.create_robot_application(
+            name=name, sources=[source], robotSoftwareSuite=SUITE, tags={"aws:x": "y"}
+        )
     assert error_code(exc) == "InvalidParameterException"
-    assert rm.list_robot_applications(filters=[{"name": "name", "values": [name]}])["robotApplicationSummaries"] == []
+    assert (
+        rm.list_robot_applications(filters=[{"name": "name", "values": [name]}])["robotApplicationSummaries"]
+        == []
+    )
 
 
 UNKNOWN = "arn:aws:robomaker:us-east-1:000000000000:robot-application/never-created/1551203427717"

@@ -98,12 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_plugin_commands(commands) -> None:
-    """Commands of later parts (logs, agent, robot-credentials) register themselves here when present."""
-    try:
-        from openrobomaker.cli_jobs import add_commands
-    except ImportError:
-        return
-    add_commands(commands, _add_store_options)
+    """Commands of the job and fleet parts: logs, agent, robot-credentials."""
+    from openrobomaker.cli_fleet import add_commands as add_fleet_commands
+    from openrobomaker.cli_jobs import add_commands as add_job_commands
+
+    add_job_commands(commands, _add_store_options)
+    add_fleet_commands(commands, _add_store_options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,11 +82,15 @@ def plain_bundle_members(setup: bool = True):
 def colcon_v1(tmp_path: Path) -> Path:
     inner = tar_bytes([_file("setup.sh", SETUP_SH), _dir("opt"), _file("opt/install/marker", b"v1")])
     metadata = tar_bytes([_file("installers.json", b"{}")])
-    outer = tar_bytes([_file("version", b"1"), _file("metadata.tar", metadata), _file("bundle.tar", inner)], True)
+    outer = tar_bytes(
+        [_file("version", b"1"), _file("metadata.tar", metadata), _file("bundle.tar", inner)], True
+    )
     return write(tmp_path / "v1.tar.gz", outer)
 
 
-def colcon_v2(tmp_path: Path, overlays: dict[str, bytes], name: str = "v2.tar", corrupt_sha: bool = False) -> Path:
+def colcon_v2(
+    tmp_path: Path, overlays: dict[str, bytes], name: str = "v2.tar", corrupt_sha: bool = False
+) -> Path:
     """A v2 bundle laid out as colcon-bundle's Bundle.close() does (4 MiB metadata area, then overlays)."""
     metadata_size = 4 * 1024 * 1024
     offset = metadata_size
@@ -96,8 +100,14 @@ def colcon_v2(tmp_path: Path, overlays: dict[str, bytes], name: str = "v2.tar", 
         header.size = len(data)
         header_size = len(header.tobuf(tarfile.GNU_FORMAT))
         sha = hashlib.sha256(data).hexdigest()
-        entries.append({"name": overlay_name, "sha256": "0" * 64 if corrupt_sha else sha,
-                        "offset": offset + header_size, "size": len(data)})
+        entries.append(
+            {
+                "name": overlay_name,
+                "sha256": "0" * 64 if corrupt_sha else sha,
+                "offset": offset + header_size,
+                "size": len(data),
+            }
+        )
         offset += header_size + math.ceil(len(data) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     metadata = tar_bytes([_file("overlays.json", json.dumps({"overlays": entries}).encode())], True)
     buf = io.BytesIO()
@@ -154,16 +164,22 @@ def test_colcon_v1(tmp_path):
 def test_colcon_v2_overlays_are_cached_and_reused(tmp_path):
     deps, ws1, ws2 = overlay(b"deps"), overlay(b"ws1"), overlay(b"ws2")
     cache = tmp_path / "cache"
-    first = extract_bundle(colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws1}),
-                           tmp_path / "out1", cache_dir=cache)
+    first = extract_bundle(
+        colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws1}),
+        tmp_path / "out1",
+        cache_dir=cache,
+    )
     assert first.format == "colcon-v2"
     deps_dir = cache / hashlib.sha256(deps).hexdigest()
     assert first.prefixes == [deps_dir, cache / hashlib.sha256(ws1).hexdigest()]
     assert (first.prefixes[1] / "marker").read_bytes() == b"ws1"
     inode_before = (deps_dir / "marker").stat().st_ino
 
-    second = extract_bundle(colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws2}, "b.tar"),
-                            tmp_path / "out2", cache_dir=cache)
+    second = extract_bundle(
+        colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws2}, "b.tar"),
+        tmp_path / "out2",
+        cache_dir=cache,
+    )
     assert second.prefixes[0] == deps_dir
     assert (deps_dir / "marker").stat().st_ino == inode_before  # reused, not re-extracted
     assert (second.prefixes[1] / "marker").read_bytes() == b"ws2"
@@ -181,9 +197,20 @@ def test_colcon_v2_sha_mismatch_is_rejected(tmp_path):
 
 
 def test_colcon_v2_bad_sha_field_cannot_name_a_path(tmp_path):
-    metadata = tar_bytes([_file("overlays.json", json.dumps(
-        {"overlays": [{"name": "w.tar.gz", "sha256": "../../escape", "offset": 0, "size": 1}]}).encode())], True)
-    archive = write(tmp_path / "b.tar", tar_bytes([_file("version", b"2"), _file("metadata.tar.gz", metadata)]))
+    metadata = tar_bytes(
+        [
+            _file(
+                "overlays.json",
+                json.dumps(
+                    {"overlays": [{"name": "w.tar.gz", "sha256": "../../escape", "offset": 0, "size": 1}]}
+                ).encode(),
+            )
+        ],
+        True,
+    )
+    archive = write(
+        tmp_path / "b.tar", tar_bytes([_file("version", b"2"), _file("metadata.tar.gz", metadata)])
+    )
     with pytest.raises(BundleError) as err:
         extract_bundle(archive, tmp_path / "out", cache_dir=tmp_path / "cache")
     assert err.value.category == BundleErrorCategory.FORMAT
@@ -225,7 +252,13 @@ UNSAFE_CASES = {
     "char-device": [_special("dev", tarfile.CHRTYPE)],
     "block-device": [_special("dev", tarfile.BLKTYPE)],
     "fifo": [_special("fifo", tarfile.FIFOTYPE)],
-    "relink-existing-link": [_dir("a"), _dir("a/b"), _link("l", "a/b"), _link("x", "l/../.."), _link("l", "a")],
+    "relink-existing-link": [
+        _dir("a"),
+        _dir("a/b"),
+        _link("l", "a/b"),
+        _link("x", "l/../.."),
+        _link("l", "a"),
+    ],
 }
 
 
@@ -254,8 +287,11 @@ def test_unsafe_member_inside_colcon_v1_bundle_tar(tmp_path):
 
 def test_links_that_stay_inside_are_allowed(tmp_path):
     members = plain_bundle_members() + [
-        _dir("lib"), _file("lib/libx.so.1", b"elf"), _link("lib/libx.so", "libx.so.1"),
-        _link("my_pkg/lib", "../lib"), _link("hard", "lib/libx.so.1", hard=True),
+        _dir("lib"),
+        _file("lib/libx.so.1", b"elf"),
+        _link("lib/libx.so", "libx.so.1"),
+        _link("my_pkg/lib", "../lib"),
+        _link("hard", "lib/libx.so.1", hard=True),
     ]
     extract_bundle(write(tmp_path / "ok.tar", tar_bytes(members)), tmp_path / "out")
     assert (tmp_path / "out" / "my_pkg" / "lib" / "libx.so").read_bytes() == b"elf"
@@ -272,8 +308,11 @@ def test_setuid_bits_are_stripped(tmp_path):
 def test_member_count_limit(tmp_path):
     members = plain_bundle_members() + [_file(f"my_pkg/f{i}", b"x") for i in range(20)]
     with pytest.raises(BundleError) as err:
-        extract_bundle(write(tmp_path / "many.tar", tar_bytes(members)), tmp_path / "out",
-                       limits=ExtractionLimits(max_members=10))
+        extract_bundle(
+            write(tmp_path / "many.tar", tar_bytes(members)),
+            tmp_path / "out",
+            limits=ExtractionLimits(max_members=10),
+        )
     assert err.value.category == BundleErrorCategory.TOO_LARGE
 
 
@@ -316,11 +355,22 @@ def test_safe_extract_zip_rejects_traversal(tmp_path):
 
 def test_sourcing_runs_setup_scripts_in_order_and_passes_argv_untouched(tmp_path):
     deps, ws = overlay(b"d"), overlay(b"w")
-    bundle = extract_bundle(colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws}),
-                            tmp_path / "out", cache_dir=tmp_path / "cache")
+    bundle = extract_bundle(
+        colcon_v2(tmp_path, {"dependencies.tar.gz": deps, "workspace.tar.gz": ws}),
+        tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+    )
     hostile = "$(touch /tmp/orm-pwned); `id` 'quote\" \\ ;"
-    argv = sourced_argv(bundle, ["/usr/bin/env", "python3", "-c",
-                                 "import os,sys; print(os.environ['ORM_TEST_TRAIL']); print(sys.argv[1])", hostile])
+    argv = sourced_argv(
+        bundle,
+        [
+            "/usr/bin/env",
+            "python3",
+            "-c",
+            "import os,sys; print(os.environ['ORM_TEST_TRAIL']); print(sys.argv[1])",
+            hostile,
+        ],
+    )
     result = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
     trail, echoed = result.stdout.splitlines()
     assert trail.split(":") == [str(p) for p in bundle.prefixes]
@@ -331,7 +381,9 @@ def test_sourcing_runs_setup_scripts_in_order_and_passes_argv_untouched(tmp_path
 def test_setup_script_that_clears_positional_args_cannot_break_exec(tmp_path):
     members = plain_bundle_members(setup=False) + [_file("setup.sh", b"set -- bogus args\nset -u\nfalse\n")]
     bundle = extract_bundle(write(tmp_path / "a.tar", tar_bytes(members)), tmp_path / "out")
-    result = subprocess.run(sourced_argv(bundle, ["/bin/echo", "ok"]), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        sourced_argv(bundle, ["/bin/echo", "ok"]), capture_output=True, text=True, check=False
+    )
     assert result.stdout.strip() == "ok"
 
 

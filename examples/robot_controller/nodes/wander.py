@@ -73,7 +73,11 @@ class Wanderer:
                 last_log = now
                 rospy.loginfo(
                     "robot_controller: at (%.2f, %.2f) front %.2f m, cmd v=%.2f w=%.2f",
-                    self.position[0], self.position[1], self.front, cmd.linear.x, cmd.angular.z,
+                    self.position[0],
+                    self.position[1],
+                    self.front,
+                    cmd.linear.x,
+                    cmd.angular.z,
                 )
             try:
                 rate.sleep()

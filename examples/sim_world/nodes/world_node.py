@@ -29,7 +29,9 @@ class Room:
         self.pillar = (size / 2.0, size / 2.0)
 
     def is_free(self, x, y):
-        inside = ROBOT_RADIUS <= x <= self.size - ROBOT_RADIUS and ROBOT_RADIUS <= y <= self.size - ROBOT_RADIUS
+        inside = (
+            ROBOT_RADIUS <= x <= self.size - ROBOT_RADIUS and ROBOT_RADIUS <= y <= self.size - ROBOT_RADIUS
+        )
         clear_of_pillar = math.hypot(x - self.pillar[0], y - self.pillar[1]) >= PILLAR_RADIUS + ROBOT_RADIUS
         return inside and clear_of_pillar
 
@@ -100,7 +102,8 @@ class World:
         scan.range_min = 0.05
         scan.range_max = RANGE_MAX
         scan.ranges = [
-            self.room.ray(self.x, self.y, self.yaw + scan.angle_min + i * scan.angle_increment) for i in range(BEAMS)
+            self.room.ray(self.x, self.y, self.yaw + scan.angle_min + i * scan.angle_increment)
+            for i in range(BEAMS)
         ]
         self.scan_pub.publish(scan)
 
@@ -113,7 +116,13 @@ class World:
             self.publish(rospy.Time.now())
             if rospy.get_time() - last_log >= 5.0:
                 last_log = rospy.get_time()
-                rospy.loginfo("sim_world: robot at (%.2f, %.2f) yaw %.2f, %d bumps", self.x, self.y, self.yaw, self.bumps)
+                rospy.loginfo(
+                    "sim_world: robot at (%.2f, %.2f) yaw %.2f, %d bumps",
+                    self.x,
+                    self.y,
+                    self.yaw,
+                    self.bumps,
+                )
             try:
                 rate.sleep()
             except rospy.ROSInterruptException:

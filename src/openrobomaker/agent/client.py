@@ -67,7 +67,9 @@ class AgentClient:
         self.creds = creds
         self.http = httpx.Client(timeout=httpx.Timeout(timeout, read=60.0))
 
-    def _signed(self, method: str, path: str, body: bytes = b"", query: dict | None = None) -> tuple[str, dict]:
+    def _signed(
+        self, method: str, path: str, body: bytes = b"", query: dict | None = None
+    ) -> tuple[str, dict]:
         url = self.endpoint + path
         if query:
             url += "?" + urlencode(query, quote_via=quote, safe="")
@@ -79,7 +81,9 @@ class AgentClient:
     def post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         body = json.dumps({"robot": self.creds.robot_arn, **payload}).encode()
         url, headers = self._signed("POST", path, body)
-        response = self.http.post(url, content=body, headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        response = self.http.post(
+            url, content=body, headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT
+        )
         _raise_for(response)
         return response.json()
 

@@ -1,10 +1,10 @@
 """The agent's work dir: persistent state, the report outbox and the event journal.
 
-    state.json            what runs (the last successful deployment), what was handled, the report counter
-    outbox/<seq>.json     reports not delivered yet (survive network loss and agent restarts)
-    events.jsonl          local journal of every step with this machine's timestamps
-    deployments/<job>/    bundle, extracted application, scripts and logs of one deployment
-    ros/                  ROS_HOME, ROS logs and HOME of launched processes
+state.json            what runs (the last successful deployment), what was handled, the report counter
+outbox/<seq>.json     reports not delivered yet (survive network loss and agent restarts)
+events.jsonl          local journal of every step with this machine's timestamps
+deployments/<job>/    bundle, extracted application, scripts and logs of one deployment
+ros/                  ROS_HOME, ROS logs and HOME of launched processes
 """
 
 from __future__ import annotations

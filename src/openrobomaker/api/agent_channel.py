@@ -7,7 +7,7 @@ neither read another's deployment nor report for it.
 - `POST /_agent/v1/credentials` {robot}: mint robot credentials; signed with the account's own keys
   (`openrobomaker robot-credentials`).
 - `POST /_agent/v1/poll` {robot, current, wait}: long poll; answers at once when the robot should deploy
-  something other than `current` (a job id), else after `wait` seconds (at most 30) with the same answer.
+  something other than `current` (a job id), else after `wait` seconds (at most 30) with what it has.
 - `POST /_agent/v1/report` {robot, jobId, seq, step, percentDone, estimatedTimeRemainingSeconds,
   outcome, failureCode, failureReason}: one step report; replays are acknowledged and ignored.
 - `GET /_agent/v1/bundle?robot=&jobId=` and `GET /_agent/v1/condition-file?robot=&jobId=`: the robot's
@@ -162,9 +162,14 @@ def extra_routes(platform: Any) -> list[Route]:
         wait = max(0.0, min(float(wanted.get("wait") or 0), MAX_WAIT_SECONDS))
         answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
         deadline = time.monotonic() + wait
-        while _job_id(answer) == current and (remaining := deadline - time.monotonic()) > 0:
+        # Nothing new for the robot: no deployment, or the one it already has. Hold the request until
+        # that changes or `wait` runs out.
+        while _job_id(answer) in (None, current) and (remaining := deadline - time.monotonic()) > 0:
             await broadcast.wait(min(remaining, RECHECK_SECONDS))
-            if await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn) != current:
+            if await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn) not in (
+                None,
+                current,
+            ):
                 answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
         return _json(answer)
 

@@ -75,6 +75,7 @@ class DeploymentJobController(Controller):
                 return False
             if job.status == "Pending":
                 self._prepare(session, job)
+            if job.status != "Preparing" and job.status != "InProgress":
                 return False
             return self._roll(session, job)
 

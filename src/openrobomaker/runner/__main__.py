@@ -16,7 +16,10 @@ def _configure_logging(log_file: Path) -> None:
     with contextlib.suppress(OSError):
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -47,8 +47,12 @@ def mount_target(source: DataSourceSpec) -> str:
         normal = os.path.normpath(source.destination)
         if normal.startswith("/opt/robomaker/") and ".." not in normal.split("/"):
             return normal
-        log.warning("data source %r: destination %r not supported, using %s", source.name, source.destination,
-                    f"{MOUNT_ROOT}/{source.name}")
+        log.warning(
+            "data source %r: destination %r not supported, using %s",
+            source.name,
+            source.destination,
+            f"{MOUNT_ROOT}/{source.name}",
+        )
     return f"{MOUNT_ROOT}/{source.name}"
 
 
@@ -73,12 +77,20 @@ def _key_path(root: Path, source: DataSourceSpec, key: str) -> Path:
     except BundleError:
         relative = None
     if not relative:
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source {source.name!r}: S3 key {key!r} is not a valid path.")
+        raise JobFailure(
+            INVALID_S3_RESOURCE, f"Data source {source.name!r}: S3 key {key!r} is not a valid path."
+        )
     return root / relative
 
 
-def _download(store: ObjectStore, source: DataSourceSpec, key: str, expected_etag: str | None, dest: Path,
-              budget: _Budget) -> None:
+def _download(
+    store: ObjectStore,
+    source: DataSourceSpec,
+    key: str,
+    expected_etag: str | None,
+    dest: Path,
+    budget: _Budget,
+) -> None:
     where = f"s3://{source.s3_bucket}/{key}"
     try:
         info = store.head(source.s3_bucket, key)
@@ -92,29 +104,47 @@ def _download(store: ObjectStore, source: DataSourceSpec, key: str, expected_eta
         dest.parent.mkdir(parents=True, exist_ok=True)
         store.download(source.s3_bucket, key, dest)
     except (NoSuchKey, NoSuchBucket) as exc:
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source {source.name!r}: {where} does not exist.") from exc
+        raise JobFailure(
+            INVALID_S3_RESOURCE, f"Data source {source.name!r}: {where} does not exist."
+        ) from exc
     except ObjectStoreError as exc:
-        raise JobFailure(BAD_PERMISSIONS_S3_OBJECT, f"Data source {source.name!r}: cannot read {where}: {exc}") from exc
+        raise JobFailure(
+            BAD_PERMISSIONS_S3_OBJECT, f"Data source {source.name!r}: cannot read {where}: {exc}"
+        ) from exc
 
 
-def _fetch_prefix(store: ObjectStore, source: DataSourceSpec, root: Path, prefix: str, budget: _Budget) -> None:
+def _fetch_prefix(
+    store: ObjectStore, source: DataSourceSpec, root: Path, prefix: str, budget: _Budget
+) -> None:
     try:
         objects = [o for o in store.list(source.s3_bucket, prefix) if not o.key.endswith("/")]
     except NoSuchBucket as exc:
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source {source.name!r}: bucket {source.s3_bucket!r} does not "
-                                              "exist.") from exc
+        raise JobFailure(
+            INVALID_S3_RESOURCE, f"Data source {source.name!r}: bucket {source.s3_bucket!r} does not exist."
+        ) from exc
     except ObjectStoreError as exc:
-        raise JobFailure(BAD_PERMISSIONS_S3_OBJECT, f"Data source {source.name!r}: cannot list "
-                                                    f"s3://{source.s3_bucket}/{prefix}: {exc}") from exc
+        raise JobFailure(
+            BAD_PERMISSIONS_S3_OBJECT,
+            f"Data source {source.name!r}: cannot list s3://{source.s3_bucket}/{prefix}: {exc}",
+        ) from exc
     if not objects:
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source {source.name!r}: no objects under "
-                                              f"s3://{source.s3_bucket}/{prefix}.")
+        raise JobFailure(
+            INVALID_S3_RESOURCE,
+            f"Data source {source.name!r}: no objects under s3://{source.s3_bucket}/{prefix}.",
+        )
     for obj in objects:
         _download(store, source, obj.key, None, _key_path(root, source, obj.key), budget)
 
 
-def _fetch_archive(store: ObjectStore, source: DataSourceSpec, root: Path, key: str, etag: str | None,
-                   budget: _Budget, scratch: Path) -> None:
+def _fetch_archive(
+    store: ObjectStore,
+    source: DataSourceSpec,
+    root: Path,
+    key: str,
+    etag: str | None,
+    budget: _Budget,
+    scratch: Path,
+) -> None:
     archive = Path(tempfile.mkstemp(dir=scratch, prefix="archive-")[1])
     try:
         _download(store, source, key, etag, archive, budget)
@@ -123,8 +153,10 @@ def _fetch_archive(store: ObjectStore, source: DataSourceSpec, root: Path, key: 
         safe_extract_archive(archive, staging, limits)
         _merge_into(staging, root)
     except BundleError as exc:
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source {source.name!r}: archive s3://{source.s3_bucket}/{key} "
-                                              f"cannot be extracted: {exc}") from exc
+        raise JobFailure(
+            INVALID_S3_RESOURCE,
+            f"Data source {source.name!r}: archive s3://{source.s3_bucket}/{key} cannot be extracted: {exc}",
+        ) from exc
     finally:
         archive.unlink(missing_ok=True)
 
@@ -154,10 +186,13 @@ def make_read_only(root: Path) -> None:
     os.chmod(root, 0o555)
 
 
-def fetch_data_source(store: ObjectStore, source: DataSourceSpec, root: Path, scratch: Path,
-                      budget: _Budget) -> PreparedDataSource:
+def fetch_data_source(
+    store: ObjectStore, source: DataSourceSpec, root: Path, scratch: Path, budget: _Budget
+) -> PreparedDataSource:
     if "/" in source.name or source.name in ("", ".", ".."):
-        raise JobFailure(INVALID_S3_RESOURCE, f"Data source name {source.name!r} is not a valid directory name.")
+        raise JobFailure(
+            INVALID_S3_RESOURCE, f"Data source name {source.name!r} is not a valid directory name."
+        )
     host_dir = root / source.name
     host_dir.mkdir(parents=True, exist_ok=True)
     for key in source.s3_keys:
@@ -171,7 +206,8 @@ def fetch_data_source(store: ObjectStore, source: DataSourceSpec, root: Path, sc
     return PreparedDataSource(name=source.name, host_dir=host_dir, mount_target=mount_target(source))
 
 
-def fetch_data_sources(store: ObjectStore, sources: list[DataSourceSpec], root: Path,
-                       scratch: Path) -> list[PreparedDataSource]:
+def fetch_data_sources(
+    store: ObjectStore, sources: list[DataSourceSpec], root: Path, scratch: Path
+) -> list[PreparedDataSource]:
     budget = _Budget()
     return [fetch_data_source(store, source, root, scratch, budget) for source in sources]

@@ -107,7 +107,11 @@ def user_variables(app: ApplicationSpec) -> dict[str, str]:
 
 
 def application_environment(
-    spec: RunnerSpec, app: ApplicationSpec, layout: RunLayout, context: JobContext, extra_ros_packages: Iterable[Path]
+    spec: RunnerSpec,
+    app: ApplicationSpec,
+    layout: RunLayout,
+    context: JobContext,
+    extra_ros_packages: Iterable[Path],
 ) -> dict[str, str]:
     """Environment of one application's launch (before its bundle is sourced)."""
     env = base_environment(layout, context)

@@ -45,8 +45,9 @@ def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path) -> Sou
         info = store.download(source.s3_bucket, source.s3_key, dest)
     except NoSuchBucket as exc:
         raise JobFailure(
-            bundle_unreadable_code(app), f"The bundle of {app_label(app)} could not be downloaded: bucket "
-            f"{source.s3_bucket!r} does not exist ({where})."
+            bundle_unreadable_code(app),
+            f"The bundle of {app_label(app)} could not be downloaded: bucket "
+            f"{source.s3_bucket!r} does not exist ({where}).",
         ) from exc
     except NoSuchKey as exc:
         raise JobFailure(
@@ -55,7 +56,8 @@ def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path) -> Sou
         ) from exc
     except ObjectStoreError as exc:
         raise JobFailure(
-            bundle_unreadable_code(app), f"The bundle of {app_label(app)} could not be downloaded from {where}: {exc}"
+            bundle_unreadable_code(app),
+            f"The bundle of {app_label(app)} could not be downloaded from {where}: {exc}",
         ) from exc
     # The object may have been replaced between HEAD and GET.
     _check_etag(app, source, info.etag)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from openrobomaker.runner import ns_holder
 from openrobomaker.runner.failures import INTERNAL_SERVICE_ERROR, JobFailure
 from openrobomaker.runner.procs import pdeathsig_prefix
 
@@ -89,6 +90,10 @@ class Isolation:
                 time.sleep(0.1)
         return False
 
+    def init_ros_master(self, port: int, run_id: str, timeout: float) -> bool:
+        """Wait for the ROS master and give it the run's /run_id."""
+        return ns_holder.init_master(port, run_id, timeout) == 0
+
     def mount_data_sources(self, mounts: list[DataSourceMount]) -> bool:
         del mounts
         return False
@@ -131,7 +136,9 @@ class NamespaceIsolation(Isolation):
         if not self._await_ready():
             detail = stderr_path.read_text(errors="replace").strip()[-500:]
             self.stop()
-            raise JobFailure(INTERNAL_SERVICE_ERROR, f"could not create the job's namespaces ({self.mode}): {detail}")
+            raise JobFailure(
+                INTERNAL_SERVICE_ERROR, f"could not create the job's namespaces ({self.mode}): {detail}"
+            )
         self.holder_pid = _child_of(self.holder.pid)
         if self.holder_pid is None:
             self.stop()
@@ -168,6 +175,10 @@ class NamespaceIsolation(Isolation):
         )
         return result.returncode == 0
 
+    def init_ros_master(self, port: int, run_id: str, timeout: float) -> bool:
+        argv = [sys.executable, "-I", HOLDER_SCRIPT, "init-master", str(port), run_id, str(timeout)]
+        return self.run_inside(argv, timeout=timeout + 10).returncode == 0
+
     def mount_data_sources(self, mounts: list[DataSourceMount]) -> bool:
         """Bind each data source read-only at its target inside the job's mount namespace only."""
         if not mounts:
@@ -177,7 +188,9 @@ class NamespaceIsolation(Isolation):
             "stash": str(self.namespace_dir / "host-opt"),
             "binds": [{"source": str(m.source), "target": m.target} for m in mounts],
         }
-        result = self.run_inside([sys.executable, "-I", HOLDER_SCRIPT, "mounts"], stdin=json.dumps(plan).encode())
+        result = self.run_inside(
+            [sys.executable, "-I", HOLDER_SCRIPT, "mounts"], stdin=json.dumps(plan).encode()
+        )
         if result.returncode != 0:
             log.warning("data sources not mounted: %s", result.stderr.decode(errors="replace").strip())
             return False
@@ -187,10 +200,8 @@ class NamespaceIsolation(Isolation):
         if self.holder is None:
             return
         if self.holder.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.holder.stdin.close()  # the holder exits on EOF
-            except OSError:
-                pass
         try:
             self.holder.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -64,6 +64,8 @@ from openrobomaker.runner.spec import ApplicationSpec, RunnerSpec
 log = logging.getLogger(__name__)
 
 ROS_PYTHON = "/usr/bin/python3"
+ROSMASTER = "/usr/bin/rosmaster"
+ROSOUT = "/usr/lib/rosout/rosout"
 RUNNER_DIR = Path(__file__).resolve().parent
 LAUNCHER = str(RUNNER_DIR / "ros1_launch.py")
 SERVICE_NODE = str(RUNNER_DIR / "robomaker_service.py")
@@ -130,6 +132,7 @@ class Clock:
 @dataclass
 class Infrastructure:
     master: JobProcess | None = None
+    rosout: JobProcess | None = None
     service_node: JobProcess | None = None
     bag_recorder: JobProcess | None = None
     ns_forwarder: JobProcess | None = None
@@ -153,7 +156,9 @@ class JobRun:
         self.data_sources: list[PreparedDataSource] = []
         self.context: JobContext | None = None
         self.output_prefix = (
-            output_key_prefix(spec.output_location, spec.job_id, spec.run_id) if spec.output_location else None
+            output_key_prefix(spec.output_location, spec.job_id, spec.run_id)
+            if spec.output_location
+            else None
         )
         self.output_writable = False
         self.processes_started = False
@@ -175,10 +180,14 @@ class JobRun:
         self._install_signal_handlers()
         self.reporter.start()
         self._set_phase("Preparing")
-        log.info("run %s of %s (restartCount %s)", self.spec.run_id, self.spec.job_id, self.spec.restart_count)
+        log.info(
+            "run %s of %s (restartCount %s)", self.spec.run_id, self.spec.job_id, self.spec.restart_count
+        )
         result = self._execute()
         result = self._wind_down(result)
-        log.info("run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or "")
+        log.info(
+            "run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or ""
+        )
         self.reporter.finish(result.outcome, result.failure_code, result.failure_reason)
         self.reporter.stop()
         return 0
@@ -196,7 +205,9 @@ class JobRun:
             return RunResult("Failed", failure.code, failure.reason)
         except Exception as exc:
             log.exception("unexpected error")
-            return RunResult("Failed", INTERNAL_SERVICE_ERROR, f"Unexpected error in the simulation runner: {exc}")
+            return RunResult(
+                "Failed", INTERNAL_SERVICE_ERROR, f"Unexpected error in the simulation runner: {exc}"
+            )
 
     def _wind_down(self, result: RunResult) -> RunResult:
         if self.processes_started:
@@ -273,7 +284,11 @@ class JobRun:
         bundle_dir = self.layout.apps / f"{app.slug}-{app.generation}"
         app.sink.note(f"downloading bundle of {app_label(app.spec)} (version {app.spec.version})")
         bundle = fetch_application(
-            self.store, app.spec, self.layout.downloads / f"{app.slug}.bundle", bundle_dir, self.cache_dir / "bundles"
+            self.store,
+            app.spec,
+            self.layout.downloads / f"{app.slug}.bundle",
+            bundle_dir,
+            self.cache_dir / "bundles",
         )
         if app.bundle_dir is not None:
             remove_tree(app.bundle_dir)
@@ -286,7 +301,9 @@ class JobRun:
         try:
             messages = ensure_ros_messages(self.cache_dir)
         except (OSError, RuntimeError) as exc:
-            raise JobFailure(INTERNAL_SERVICE_ERROR, f"Cannot build robomaker_simulation_msgs: {exc}") from exc
+            raise JobFailure(
+                INTERNAL_SERVICE_ERROR, f"Cannot build robomaker_simulation_msgs: {exc}"
+            ) from exc
         self.isolation.start(self.layout.namespace)
         self.processes_started = True
         datasources_dir = self._mount_data_sources()
@@ -308,7 +325,13 @@ class JobRun:
         if self.spec.record_all_ros_topics:
             self.infra.bag_recorder = self._spawn_infra(
                 "rosbag_record",
-                ["/usr/bin/rosbag", "record", "--all", "--output-prefix", str(self.layout.ros_bags / "robomaker")],
+                [
+                    "/usr/bin/rosbag",
+                    "record",
+                    "--all",
+                    "--output-prefix",
+                    str(self.layout.ros_bags / "robomaker"),
+                ],
                 base_environment(self.layout, self.context),
             )
 
@@ -338,7 +361,9 @@ class JobRun:
             {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", RUN_MARKER_VAR: self.run_marker},
         )
         if not self.isolation.wait_for_port(inner_port, 10.0):
-            raise JobFailure(INTERNAL_SERVICE_ERROR, "The API forwarder inside the job's network namespace did not start.")
+            raise JobFailure(
+                INTERNAL_SERVICE_ERROR, "The API forwarder inside the job's network namespace did not start."
+            )
         return urllib.parse.urlunsplit((parts.scheme, f"127.0.0.1:{inner_port}", parts.path, "", ""))
 
     def _spawn_infra(self, name: str, argv: list[str], env: dict[str, str]) -> JobProcess:
@@ -346,19 +371,32 @@ class JobRun:
         sink = LogSink(self.layout.infra_log(name))
         self.infra.sinks.append(sink)
         cwd = self.layout.home
-        return JobProcess(name, self.isolation.wrap(argv, cwd), env, sink, cwd, f"{self.run_marker}-{name}")
+        return JobProcess(
+            name,
+            self.isolation.wrap(argv, cwd),
+            env,
+            sink,
+            cwd,
+            f"{self.run_marker}-{name}",
+            leader_is_wrapper=self.isolation.isolated,
+        )
 
     def _start_master(self) -> None:
+        """`rosmaster --core` plus the rosout node: what roscore starts, without roslaunch's start-up cost."""
         assert self.isolation is not None and self.context is not None
         port = self.isolation.master_port
-        self.infra.master = self._spawn_infra(
-            "roscore", ["/usr/bin/roscore", "-p", str(port)], base_environment(self.layout, self.context)
-        )
-        if not self.isolation.wait_for_port(port, MASTER_START_TIMEOUT) or self.infra.master.poll() is not None:
+        env = base_environment(self.layout, self.context)
+        self.infra.master = self._spawn_infra("rosmaster", [ROSMASTER, "--core", "-p", str(port)], env)
+        ros_run_id = str(uuid.uuid1())
+        if (
+            not self.isolation.init_ros_master(port, ros_run_id, MASTER_START_TIMEOUT)
+            or self.infra.master.poll() is not None
+        ):
             raise JobFailure(
                 INTERNAL_SERVICE_ERROR,
-                f"The ROS master did not start on port {port}: {_tail(self.layout.infra_log('roscore'))}",
+                f"The ROS master did not start on port {port}: {_tail(self.layout.infra_log('rosmaster'))}",
             )
+        self.infra.rosout = self._spawn_infra("rosout", [ROSOUT, "__name:=rosout"], env)
 
     # --- applications ---------------------------------------------------------------------------
 
@@ -374,7 +412,14 @@ class JobRun:
         if app.spec.software_suite.name == "ROS2":
             return ["ros2", "launch", config.package_name, config.launch_file]
         assert app.status_file is not None
-        return [ROS_PYTHON, LAUNCHER, "--status-file", str(app.status_file), config.package_name, config.launch_file]
+        return [
+            ROS_PYTHON,
+            LAUNCHER,
+            "--status-file",
+            str(app.status_file),
+            config.package_name,
+            config.launch_file,
+        ]
 
     def _start_app(self, app: AppRuntime) -> None:
         assert self.isolation is not None and self.context is not None and app.bundle is not None
@@ -382,11 +427,19 @@ class JobRun:
         app.exited_cleanly = False
         app.status_file = self.layout.status / f"{app.slug}-{app.starts}.json"
         argv = sourced_argv(app.bundle, self._launch_argv(app))
-        env = application_environment(self.spec, app.spec, self.layout, self.context, app.bundle.ros_package_roots)
+        env = application_environment(
+            self.spec, app.spec, self.layout, self.context, app.bundle.ros_package_roots
+        )
         app.sink.note(f"starting {app_label(app.spec)} (start #{app.starts})")
         cwd = self.layout.home
         app.process = JobProcess(
-            f"{app.slug}-app", self.isolation.wrap(argv, cwd), env, app.sink, cwd, f"{self.run_marker}-{app.slug}"
+            f"{app.slug}-app",
+            self.isolation.wrap(argv, cwd),
+            env,
+            app.sink,
+            cwd,
+            f"{self.run_marker}-{app.slug}",
+            leader_is_wrapper=self.isolation.isolated,
         )
 
     def _start_all_apps(self) -> None:
@@ -396,17 +449,13 @@ class JobRun:
 
     def _stop_apps(self) -> None:
         running = [app for app in self.apps if app.process is not None]
-        threads = [threading.Thread(target=app.process.stop, args=(APP_SIGINT_TIMEOUT,)) for app in running]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _stop_in_parallel([(app.process, APP_SIGINT_TIMEOUT) for app in running])
         for app in running:
             app.sink.note(f"stopped {app_label(app.spec)}")
 
     def _enter_running(self) -> None:
-        self._set_phase("Running")
         self.reporter.set_started_at(time.time())
+        self._set_phase("Running")
 
     # --- running --------------------------------------------------------------------------------
 
@@ -440,7 +489,7 @@ class JobRun:
         if master is not None and master.poll() is not None:
             raise JobFailure(
                 INTERNAL_SERVICE_ERROR,
-                f"The ROS master exited with code {master.poll()}: {_tail(self.layout.infra_log('roscore'))}",
+                f"The ROS master exited with code {master.poll()}: {_tail(self.layout.infra_log('rosmaster'))}",
             )
 
     def _check_apps(self) -> RunResult | None:
@@ -504,13 +553,13 @@ class JobRun:
     def _stop_everything(self) -> None:
         self._stop_apps()
         infra = self.infra
-        if infra.bag_recorder is not None:
-            infra.bag_recorder.stop(sigint_timeout=BAG_SIGINT_TIMEOUT)  # SIGINT lets rosbag close the bag
-        for process in (infra.service_node, infra.master, infra.ns_forwarder):
-            if process is not None:
-                process.stop(sigint_timeout=5.0)
+        # rosbag gets SIGINT and time to close the bag; the master goes last so that nodes shut down cleanly.
+        _stop_in_parallel(
+            [(infra.bag_recorder, BAG_SIGINT_TIMEOUT), (infra.service_node, 5.0), (infra.ns_forwarder, 5.0)]
+        )
+        _stop_in_parallel([(infra.rosout, 5.0), (infra.master, 5.0)])
         if self.isolation is not None:
-            self.isolation.stop()
+            self.isolation.stop()  # the holder exits: the kernel kills whatever is left in the pid namespace
         if infra.host_forwarder is not None:
             infra.host_forwarder.close()
         kill_marked_processes(RUN_MARKER_VAR, self.run_marker)
@@ -531,6 +580,18 @@ class JobRun:
                 return RunResult("Canceled", failure.code, failure.reason)
             return RunResult("Failed", failure.code, failure.reason)
         return result
+
+
+def _stop_in_parallel(processes: list[tuple[JobProcess | None, float]]) -> None:
+    threads = [
+        threading.Thread(target=process.stop, args=(sigint_timeout,), name=f"stop-{process.name}")
+        for process, sigint_timeout in processes
+        if process is not None
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _launcher_reason(status_file: Path | None) -> str | None:

@@ -79,8 +79,16 @@ class RunLayout:
         return self.ros_logs / f"{name}.log"
 
     def create(self) -> None:
-        for path in (self.home, self.downloads, self.apps, self.datasources, self.status, self.namespace,
-                     self.ros_log_dir, self.ros_bags):
+        for path in (
+            self.home,
+            self.downloads,
+            self.apps,
+            self.datasources,
+            self.status,
+            self.namespace,
+            self.ros_log_dir,
+            self.ros_bags,
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
     def api_socket_path(self) -> Path:

@@ -3,6 +3,9 @@
     ns_holder.py hold                    pid 1 of the job's pid namespace: brings `lo` up, prints "ready",
                                          reaps orphans, exits when stdin closes (the runner died) or on SIGTERM.
     ns_holder.py wait-port PORT SECONDS  exit 0 once 127.0.0.1:PORT accepts connections inside the namespace.
+    ns_holder.py init-master PORT RUN_ID SECONDS
+                                         wait for the ROS master, then set /run_id as roscore does (every
+                                         roslaunch of the job must agree on it, or they race to set it).
     ns_holder.py mounts                  apply the data-source mount plan (JSON on stdin) in the mount namespace.
 
 When the holder exits, the kernel kills every other process of the pid namespace: that is what guarantees a
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import xmlrpc.client
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -79,6 +83,17 @@ def wait_port(port: int, seconds: float) -> int:
     return 1
 
 
+def init_master(port: int, run_id: str, seconds: float) -> int:
+    if wait_port(port, seconds) != 0:
+        return 1
+    master = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/")
+    code, message, _ = master.setParam("/openrobomaker_runner", "/run_id", run_id)
+    if code != 1:
+        print(f"setting /run_id failed: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _mount(*args: str) -> None:
     subprocess.run([MOUNT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -86,8 +101,14 @@ def _mount(*args: str) -> None:
 def _locked_flags(path: str) -> list[str]:
     # In a user namespace a remount must keep the flags the parent namespace locked, or it fails (EPERM).
     flags = os.statvfs(path).f_flag
-    names = [(os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec"),
-             (os.ST_NOATIME, "noatime"), (os.ST_NODIRATIME, "nodiratime"), (os.ST_RELATIME, "relatime")]
+    names = [
+        (os.ST_NOSUID, "nosuid"),
+        (os.ST_NODEV, "nodev"),
+        (os.ST_NOEXEC, "noexec"),
+        (os.ST_NOATIME, "noatime"),
+        (os.ST_NODIRATIME, "nodiratime"),
+        (os.ST_RELATIME, "relatime"),
+    ]
     return [name for bit, name in names if flags & bit]
 
 
@@ -127,7 +148,11 @@ def apply_mounts(plan: dict) -> int:
             _mount("--bind", bind["source"], target)
             _mount("-o", ",".join(["remount", "bind", "ro", *_locked_flags(target)]), target)
     except (OSError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc, subprocess.CalledProcessError) else ""
+        detail = (
+            exc.stderr.decode(errors="replace").strip()
+            if isinstance(exc, subprocess.CalledProcessError)
+            else ""
+        )
         print(f"mounting data sources failed: {exc} {detail}", file=sys.stderr)
         return 1
     return 0
@@ -138,6 +163,8 @@ def main(argv: list[str]) -> int:
         return hold()
     if argv[:1] == ["wait-port"] and len(argv) == 3:
         return wait_port(int(argv[1]), float(argv[2]))
+    if argv[:1] == ["init-master"] and len(argv) == 4:
+        return init_master(int(argv[1]), argv[2], float(argv[3]))
     if argv[:1] == ["mounts"]:
         return apply_mounts(json.load(sys.stdin))
     print(__doc__, file=sys.stderr)

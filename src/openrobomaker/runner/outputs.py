@@ -27,7 +27,9 @@ def check_output_location(store: ObjectStore, location: OutputLocation, key_pref
     try:
         store.put_bytes(location.s3_bucket, probe_key, b"")
     except ObjectStoreError as exc:
-        raise JobFailure(BAD_PERMISSIONS_S3_OUTPUT, f"Cannot write the job's output to {target}: {exc}") from exc
+        raise JobFailure(
+            BAD_PERMISSIONS_S3_OUTPUT, f"Cannot write the job's output to {target}: {exc}"
+        ) from exc
     try:
         store.delete(location.s3_bucket, probe_key)
     except (ObjectStoreError, NotImplementedError):
@@ -48,7 +50,8 @@ def upload_outputs(store: ObjectStore, location: OutputLocation, key_prefix: str
                 store.upload(path, location.s3_bucket, key)
             except (ObjectStoreError, OSError) as exc:
                 raise JobFailure(
-                    BAD_PERMISSIONS_S3_OUTPUT, f"Cannot upload the job's output to s3://{location.s3_bucket}/{key}: {exc}"
+                    BAD_PERMISSIONS_S3_OUTPUT,
+                    f"Cannot upload the job's output to s3://{location.s3_bucket}/{key}: {exc}",
                 ) from exc
             count += 1
     log.info("uploaded %d output file(s) to s3://%s/%s/", count, location.s3_bucket, key_prefix)

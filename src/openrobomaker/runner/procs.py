@@ -71,9 +71,14 @@ class JobProcess:
         sink: LogSink,
         cwd: Path,
         marker: str,
+        leader_is_wrapper: bool = False,
     ):
         self.name = name
         self.marker = marker
+        # nsenter leads the group when the job is isolated; it does not forward signals and dies on SIGINT
+        # at once, which would orphan the real program to the host's init. So it is never signalled itself:
+        # it exits with its child's status once the child is gone.
+        self.leader_is_wrapper = leader_is_wrapper
         self.sink = sink
         env = dict(env)
         env[PROC_MARKER_VAR] = marker
@@ -111,28 +116,77 @@ class JobProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
 
-    def wait(self, timeout: float) -> bool:
-        try:
-            self.popen.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+    def interrupt(self) -> None:
+        """SIGINT the way Ctrl-C would: to the program's process group, never to an nsenter leader.
+
+        roslaunch puts nodes in their own sessions and stops them itself; signalling nodes directly as well
+        can deadlock rospy (a second SIGINT re-enters its shutdown), so only the group gets SIGINT.
+        """
+        if not self.leader_is_wrapper:
+            self.signal_group(signal.SIGINT)
+            return
+        for pid in process_group_members(self.popen.pid):
+            if pid != self.popen.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGINT)
+
+    def signal_all(self, sig: int) -> None:
+        """Signal every process of this start, nodes in their own sessions included (not the nsenter leader)."""
+        for pid in find_marked_processes(PROC_MARKER_VAR, self.marker):
+            if pid == self.popen.pid and self.leader_is_wrapper:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if not self.leader_is_wrapper:
+            self.signal_group(sig)
+
+    def _gone(self) -> bool:
+        """The leader exited and no process carrying this start's marker is left (nodes included)."""
+        return self.poll() is not None and not find_marked_processes(PROC_MARKER_VAR, self.marker)
+
+    def wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._gone():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 3.0) -> int | None:
-        """SIGINT, then SIGTERM, then SIGKILL to the group; then kill anything still carrying the marker."""
-        if self.poll() is None:
-            for sig, timeout in ((signal.SIGINT, sigint_timeout), (signal.SIGTERM, sigterm_timeout)):
-                self.signal_group(sig)
-                if self.wait(timeout):
-                    break
-            else:
-                self.signal_group(signal.SIGKILL)
-                self.wait(5.0)
-        # The group may outlive its leader (nodes that ignore SIGINT), and nodes live in their own sessions.
+        """SIGINT, then SIGTERM, then SIGKILL to every process of this start, waiting for all of them."""
+        if not self._gone():
+            self.interrupt()
+            if not self.wait_gone(sigint_timeout):
+                self.signal_all(signal.SIGTERM)
+                if not self.wait_gone(sigterm_timeout):
+                    log.warning("%s ignored SIGINT and SIGTERM; killing it", self.name)
+                    self.signal_all(signal.SIGKILL)
+                    self.wait_gone(2.0)
         self.signal_group(signal.SIGKILL)
         kill_marked_processes(PROC_MARKER_VAR, self.marker)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5.0)
         self._pump.join(timeout=2.0)
+        log.info("stopped %s", self.name)
         return self.popen.returncode
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_group_members(pgid: int) -> list[int]:
+    members = []
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(pid)
+    return members
 
 
 def _environ_has(pid: int, needle: bytes) -> bool:

@@ -112,7 +112,9 @@ class Reporter:
             self._lock.notify_all()
         acked = self._final_acked.wait(self.final_deadline_seconds)
         if not acked:
-            log.error("control plane never acknowledged the final report; it stays in %s", self.final_report_path)
+            log.error(
+                "control plane never acknowledged the final report; it stays in %s", self.final_report_path
+            )
         return acked
 
     def stop(self) -> None:

@@ -13,12 +13,16 @@ Standalone on purpose: it runs under the ROS Python, which does not have the ope
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 EXIT_OK, EXIT_CRASH, EXIT_LAUNCH_ERROR = 0, 1, 2
+STOP = threading.Event()
 
 
 def write_status(path, result, reason):
@@ -98,18 +102,18 @@ def run(args):
         sigint_timeout=args.sigint_timeout,
         sigterm_timeout=args.sigterm_timeout,
     )
+    if STOP.is_set():
+        return EXIT_OK
     try:
         parent.start()
     except Exception as exc:  # RLException, substitution errors, XML errors: all mean "could not launch"
         reason = f"{type(exc).__name__}: {exc}"
-        try:
+        with contextlib.suppress(Exception):  # the launch error is what matters
             parent.shutdown()
-        except Exception:  # noqa: S110 - the launch error is what matters
-            pass
         return fail(args, EXIT_LAUNCH_ERROR, "launch-error", reason)
     listener.process_monitor = parent.pm
     try:
-        while not parent.pm.is_shutdown and listener.crash_reason is None:
+        while not parent.pm.is_shutdown and listener.crash_reason is None and not STOP.is_set():
             parent.spin_once()
             time.sleep(0.1)
     finally:
@@ -120,7 +124,16 @@ def run(args):
     return EXIT_OK
 
 
+def request_stop(_signum, _frame):
+    # No KeyboardInterrupt: a SIGINT that lands inside roslaunch's start-up would otherwise leave its
+    # non-daemon threads running and the process alive. roslaunch chains to this handler once it installs
+    # its own.
+    STOP.set()
+
+
 def main():
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--status-file")
     parser.add_argument("--sigint-timeout", type=float, default=5.0)
@@ -131,4 +144,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait for roslaunch threads that a shutdown left behind

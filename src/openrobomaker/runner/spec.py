@@ -46,7 +46,9 @@ class ControlPlaneEndpoint:
 
     @classmethod
     def from_dict(cls, data: dict) -> ControlPlaneEndpoint:
-        return cls(url=str(_require(data, "url", "controlPlane")), token=str(_require(data, "token", "controlPlane")))
+        return cls(
+            url=str(_require(data, "url", "controlPlane")), token=str(_require(data, "token", "controlPlane"))
+        )
 
     def to_dict(self) -> dict:
         return {"url": self.url, "token": self.token}
@@ -127,7 +129,9 @@ class LaunchConfig:
         if not isinstance(env, dict):
             raise SpecError("launchConfig.environmentVariables must be an object")
         command = data.get("command")
-        if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
+        if command is not None and (
+            not isinstance(command, list) or not all(isinstance(c, str) for c in command)
+        ):
             raise SpecError("launchConfig.command must be a list of strings")
         return cls(
             package_name=data.get("packageName"),
@@ -249,7 +253,10 @@ class OutputLocation:
     def from_dict(cls, data: dict | None) -> OutputLocation | None:
         if not data:
             return None
-        return cls(s3_bucket=str(_require(data, "s3Bucket", "outputLocation")), s3_prefix=str(data.get("s3Prefix") or ""))
+        return cls(
+            s3_bucket=str(_require(data, "s3Bucket", "outputLocation")),
+            s3_prefix=str(data.get("s3Prefix") or ""),
+        )
 
     def to_dict(self) -> dict:
         return {"s3Bucket": self.s3_bucket, "s3Prefix": self.s3_prefix}

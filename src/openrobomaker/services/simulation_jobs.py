@@ -404,15 +404,17 @@ def _apply_report(job: store.SimulationJobRow, report: dict[str, Any], now: floa
             outcome, code = "Terminated", job.cancel_code
         if outcome == "Failed" and not code:
             code = "InternalServiceError"
-        finish_job(job, outcome, code, report.get("failureReason") or job.failure_reason, now)
+        reason = report.get("failureReason") or (job.failure_reason if outcome != "Completed" else None)
+        if outcome == "Completed":
+            job.failure_reason = None
+        finish_job(job, outcome, code, reason, now)
         return
     if phase not in REPORT_PHASES:
         return
     if job.desired == "cancel":
         phase = "Terminating"
-    elif job.restart_generation > job.restart_acknowledged or (
-        job.status == "Restarting" and phase == "Running" and report.get("restarted") is False
-    ):
+    elif job.restart_generation > job.restart_acknowledged:
+        # The runner has not been told yet; until it has, the job shows the restart the user asked for.
         phase = "Restarting"
     if phase != job.status:
         job.status = phase

@@ -1,0 +1,258 @@
+"""Deployments to fleets of real agent processes running a real ROS 1 application (issue 5)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from deploy_helpers import (
+    AgentProcess,
+    add_robot,
+    app_config,
+    deploying_intervals,
+    fleet_of_agents,
+    job_id,
+    max_overlap,
+    object_store,
+    robot_application,
+    robot_credentials,
+    signed_post,
+    wait_for_job,
+)
+from helpers import running_server
+
+pytestmark = pytest.mark.timeout(240)
+
+FAST = {"robotDeploymentTimeoutInSeconds": 60}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    with running_server(data_dir=tmp_path_factory.mktemp("server")) as server:
+        rm = server.client()
+        store = object_store(server)
+        app = robot_application(rm, store, tmp, "hello")
+        yield {"server": server, "rm": rm, "store": store, "app": app, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def killed_agent(env):
+    """Started first, checked last: an agent killed mid-deploy times out after the 60 s minimum."""
+    rm, tmp = env["rm"], env["tmp"]
+    fleet = rm.create_fleet(name="killed")["arn"]
+    agent = add_robot(env["server"], rm, tmp, fleet, "killed-r0")
+    job = rm.create_deployment_job(
+        fleet=fleet,
+        deploymentApplicationConfigs=app_config(env["app"], environmentVariables={"PRE_SLEEP": "30"}),
+        deploymentConfig={"concurrentDeploymentPercentage": 100, "failureThresholdPercentage": 100, **FAST},
+    )["arn"]
+    deadline = time.monotonic() + 30
+    while not any(r["step"] == "ExecutingPreLaunch" for r in agent.reports(job_id(job))):
+        assert time.monotonic() < deadline, "the agent never reached ExecutingPreLaunch"
+        time.sleep(0.2)
+    agent.kill()
+    yield {"job": job, "agent": agent, "killed_at": time.time()}
+    agent.stop()
+
+
+def deploy(rm, fleet, app, **config):
+    deployment_config = {"failureThresholdPercentage": 100, **FAST, **config}
+    return rm.create_deployment_job(
+        fleet=fleet,
+        deploymentApplicationConfigs=app.pop("_configs", None) or app_config(app),
+        deploymentConfig=deployment_config,
+    )["arn"]
+
+
+def test_full_rollout_in_waves(env, killed_agent):
+    rm, server = env["rm"], env["server"]
+    with fleet_of_agents(server, rm, env["tmp"], "waves", 4) as (fleet, agents):
+        started = time.time()
+        job = deploy(rm, fleet, dict(env["app"]), concurrentDeploymentPercentage=50)
+        seen_steps = set()
+        while (described := rm.describe_deployment_job(job=job))["status"] not in ("Succeeded", "Failed"):
+            for entry in described["robotDeploymentSummary"]:
+                seen_steps.add(entry["progressDetail"].get("currentProgress"))
+            assert time.time() - started < 90
+            time.sleep(0.2)
+        assert described["status"] == "Succeeded", described
+        summary = described["robotDeploymentSummary"]
+        assert [r["status"] for r in summary] == ["InSync"] * 4
+        assert {r["progressDetail"]["currentProgress"] for r in summary} == {"Finished"}
+        assert "ExecutingPreLaunch" in seen_steps or "Launching" in seen_steps
+        # waves of 50% of 4 = 2: never more than 2 robots deploying at once, by the robots' own clocks
+        intervals = deploying_intervals(agents, job_id(job))
+        assert len(intervals) == 4 and max_overlap(list(intervals.values())) == 2
+        starts = sorted(r["deploymentStartTime"].timestamp() for r in summary)
+        finishes = sorted(r["deploymentFinishTime"].timestamp() for r in summary)
+        assert starts[2] >= finishes[1] - 0.01  # wave 2 starts after wave 1 ended
+        fleet_view = rm.describe_fleet(fleet=fleet)
+        assert fleet_view["lastDeploymentStatus"] == "Succeeded" and fleet_view["lastDeploymentJob"] == job
+        assert {r["status"] for r in fleet_view["robots"]} == {"InSync"}
+        # the application really runs, with the env vars and the robot's tag, each on its own ROS master
+        masters = set()
+        for agent in agents:
+            log = agent.app_log(job_id(job))
+            assert "GREETING=hi" in log and f"TAG={agent.work_dir.name}" in log
+            masters.add(log.split("MASTER=")[1].split()[0])
+            pre = (agent.work_dir / "deployments" / job_id(job) / "preLaunchFile.log").read_text()
+            post = (agent.work_dir / "deployments" / job_id(job) / "postLaunchFile.log").read_text()
+            assert "pre-launch GREETING=hi" in pre and "/hello" in post
+            download = [r for r in agent.reports(job_id(job)) if r["step"] == "DownloadingExtracting"]
+            assert download[-1]["percentDone"] == 100.0
+        assert len(masters) == 4
+
+        # the next deployment replaces the running application; a failing one leaves it running
+        job2 = deploy(rm, fleet, {**env["app"], "_configs": app_config(env["app"], preLaunchFile="bad_pre.sh")},
+                      concurrentDeploymentPercentage=100)  # fmt: skip
+        failed = wait_for_job(rm, job2)
+        assert (failed["status"], failed["failureCode"]) == ("Failed", "FailureThresholdBreached")  # 4 of 4
+        assert {r["failureCode"] for r in failed["robotDeploymentSummary"]} == {"PreLaunchFileFailure"}
+        assert {r["status"] for r in rm.describe_fleet(fleet=fleet)["robots"]} == {"Failed"}
+        for agent in agents:
+            assert agent.state()["current"]["jobId"] == job_id(job)
+            assert agent.state()["app_process"] is not None
+
+
+def test_failure_codes_provoked_for_real(env, tmp_path):
+    rm, server, store, app = env["rm"], env["server"], env["store"], env["app"]
+    etag_app = robot_application(rm, store, tmp_path, "etag-app")
+    store.put_bytes("bundles", etag_app["key"], b"changed after the version was created")
+    broken = robot_application(rm, store, tmp_path, "broken-app")
+    store.put_bytes("bundles", broken["key"], b"this is not a tar archive")
+    rm.create_robot_application_version(application=broken["arn"])  # version 2 pins the broken bytes
+    arm_app = robot_application(rm, store, tmp_path, "arm-app", architectures=("ARM64",))
+    store.put_bytes("bundles", "conditions/check.sh", b"#!/bin/bash\nexit 0\n")
+    condition = {"bucket": "bundles", "key": "conditions/check.sh", "etag": "0" * 32}
+    cases = {
+        "PreLaunchFileFailure": (app, app_config(app, preLaunchFile="bad_pre.sh"), {}),
+        "PostLaunchFileFailure": (app, app_config(app, postLaunchFile="bad_post.sh"), {}),
+        "EtagMismatch": (etag_app, app_config(etag_app), {}),
+        "ExtractingBundleFailure": (broken, app_config(broken, version="2"), {}),
+        "DownloadConditionFailed": (app, app_config(app), {"downloadConditionFile": condition}),
+        "MissingRobotArchitecture": (arm_app, app_config(arm_app), {}),
+        "MissingRobotDeploymentResource": (app, app_config(app, launchFile="nope.launch"), {}),
+    }
+    jobs, agents = {}, []
+    try:
+        for code, (application, configs, extra) in cases.items():
+            fleet = rm.create_fleet(name=f"fail-{code}")["arn"]
+            arch = "ARM64" if code == "MissingRobotArchitecture" else "X86_64"
+            agents.append(add_robot(server, rm, tmp_path, fleet, f"fail-{code}", arch))
+            jobs[code] = deploy(rm, fleet, {**application, "_configs": configs}, **extra)
+        for code, job in jobs.items():
+            described = wait_for_job(rm, job)
+            assert described["status"] == "Failed" and described["failureCode"] == "FailureThresholdBreached"
+            (robot,) = described["robotDeploymentSummary"]
+            assert (robot["status"], robot["failureCode"]) == ("Failed", code), robot
+            assert robot["failureReason"]
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_application_architecture_checked_before_any_robot(env):
+    rm = env["rm"]
+    fleet = rm.create_fleet(name="arm-fleet")["arn"]
+    robot = rm.create_robot(name="arm-robot", architecture="ARMHF", greengrassGroupId="g-armhf")["arn"]
+    rm.register_robot(fleet=fleet, robot=robot)
+    job = wait_for_job(rm, deploy(rm, fleet, dict(env["app"])))
+    assert (job["status"], job["failureCode"]) == ("Failed", "MissingRobotApplicationArchitecture")
+    assert job["robotDeploymentSummary"][0]["failureCode"] == "RobotDeploymentAborted"
+    assert rm.describe_robot(robot=robot)["status"] == "Registered"
+
+
+def test_threshold_stops_the_rollout(env):
+    rm, app = env["rm"], env["app"]
+    with fleet_of_agents(env["server"], rm, env["tmp"], "threshold", 4) as (fleet, agents):
+        configs = app_config(app, preLaunchFile="bad_pre.sh")
+        job = deploy(rm, fleet, {**app, "_configs": configs}, concurrentDeploymentPercentage=25,
+                     failureThresholdPercentage=50)  # fmt: skip
+        described = wait_for_job(rm, job)
+        assert (described["status"], described["failureCode"]) == ("Failed", "FailureThresholdBreached")
+        codes = sorted(r["failureCode"] for r in described["robotDeploymentSummary"])
+        assert codes == ["PreLaunchFileFailure"] * 2 + ["RobotDeploymentAborted"] * 2
+        time.sleep(1.5)
+        assert sum(1 for a in agents if a.reports(job_id(job))) == 2  # the others never started
+        assert rm.describe_fleet(fleet=fleet)["lastDeploymentStatus"] == "Failed"
+
+
+def test_sync_after_adding_a_robot_and_cancel(env):
+    rm, server, tmp = env["rm"], env["server"], env["tmp"]
+    with fleet_of_agents(server, rm, tmp, "sync", 1) as (fleet, agents):
+        first = wait_for_job(rm, deploy(rm, fleet, dict(env["app"])))
+        assert first["status"] == "Succeeded"
+        agents.append(add_robot(server, rm, tmp, fleet, "sync-late"))
+        late = agents[-1].robot_arn
+        assert rm.describe_robot(robot=late)["status"] == "Registered"
+        synced = rm.sync_deployment_job(fleet=fleet)
+        assert synced["status"] == "Pending" and synced["arn"] != first["arn"]
+        assert synced["deploymentApplicationConfigs"] == first["deploymentApplicationConfigs"]
+        done = wait_for_job(rm, synced["arn"])
+        assert done["status"] == "Succeeded"
+        assert [r["arn"] for r in done["robotDeploymentSummary"]] == [late]
+        assert rm.describe_robot(robot=late)["status"] == "InSync"
+
+        # cancel: one robot per wave, cancel once the first has started; the rest never start
+        for index in range(2):
+            agents.append(add_robot(server, rm, tmp, fleet, f"sync-c{index}"))
+        job = deploy(rm, fleet, {**env["app"], "_configs": app_config(env["app"], environmentVariables={"PRE_SLEEP": "2"})},
+                     concurrentDeploymentPercentage=25)  # fmt: skip
+        wait_for_job(rm, job, statuses=("InProgress",))
+        rm.cancel_deployment_job(job=job)
+        described = wait_for_job(rm, job)
+        assert described["status"] == "Canceled"
+        time.sleep(8)  # the robot already deploying finishes its deployment
+        entries = rm.describe_deployment_job(job=job)["robotDeploymentSummary"]
+        assert sorted(e["status"] for e in entries).count("InSync") == 1
+        assert sum(e.get("failureCode") == "RobotDeploymentAborted" for e in entries) == 3
+
+
+def test_server_restart_mid_rollout(env):
+    rm, server = env["rm"], env["server"]
+    with fleet_of_agents(server, rm, env["tmp"], "restart", 3) as (fleet, agents):
+        configs = app_config(env["app"], environmentVariables={"PRE_SLEEP": "2"})
+        job = deploy(rm, fleet, {**env["app"], "_configs": configs}, concurrentDeploymentPercentage=34)
+        wait_for_job(rm, job, statuses=("InProgress",))
+        server.kill()
+        time.sleep(2)
+        server.start()
+        rm = server.client()
+        described = wait_for_job(rm, job)
+        assert described["status"] == "Succeeded", described
+        assert [r["status"] for r in described["robotDeploymentSummary"]] == ["InSync"] * 3
+        intervals = deploying_intervals(agents, job_id(job))
+        assert max_overlap(list(intervals.values())) == 1
+
+
+def test_robot_credentials_are_per_robot(env, tmp_path):
+    rm, server = env["rm"], env["server"]
+    fleet = rm.create_fleet(name="creds")["arn"]
+    one = rm.create_robot(name="creds-one", architecture="X86_64", greengrassGroupId="g-c1")["arn"]
+    two = rm.create_robot(name="creds-two", architecture="X86_64", greengrassGroupId="g-c2")["arn"]
+    rm.register_robot(fleet=fleet, robot=one)
+    creds = robot_credentials(server.endpoint, one)
+    key = (creds["accessKeyId"], creds["secretAccessKey"])
+    assert signed_post(server.endpoint, "/_agent/v1/poll", {"robot": one}, key).status_code == 200
+    for path, body in (
+        ("/_agent/v1/poll", {"robot": two}),
+        ("/_agent/v1/report", {"robot": two, "jobId": "x"}),
+    ):
+        refused = signed_post(server.endpoint, path, body, key)
+        assert refused.status_code == 403 and refused.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    # a robot cannot mint credentials, for itself or another
+    assert signed_post(server.endpoint, "/_agent/v1/credentials", {"robot": two}, key).status_code == 403
+    rm.delete_robot(robot=one)  # revokes its keys
+    assert signed_post(server.endpoint, "/_agent/v1/poll", {"robot": one}, key).status_code == 403
+
+
+def test_agent_killed_mid_deploy_times_out(env, killed_agent):
+    rm = env["rm"]
+    remaining = 75 - (time.time() - killed_agent["killed_at"])
+    described = wait_for_job(rm, killed_agent["job"], timeout=max(remaining, 5))
+    (robot,) = described["robotDeploymentSummary"]
+    assert (robot["status"], robot["failureCode"]) == ("NoResponse", "RobotDeploymentNoResponse")
+    assert rm.describe_robot(robot=robot["arn"])["status"] == "NoResponse"
+    assert isinstance(killed_agent["agent"], AgentProcess)

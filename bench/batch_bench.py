@@ -96,6 +96,13 @@ class CpuMeter:
         self.group = None
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time of one process alone (here the server: API, controllers, store), without its children."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    utime, stime = (int(v) for v in stat[stat.rindex(")") + 2 :].split()[11:13])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -246,9 +253,10 @@ def main() -> int:
                 meter.track(server.process.pid)
                 app_arn = create_app(server)
                 warm_up(server, app_arn, args.seconds, tmp_dir / "warmup.txt")
-                cpu_before = meter.seconds()
+                cpu_before, server_before = meter.seconds(), own_cpu_seconds(server.process.pid)
                 batch = run_batch(server, app_arn, args.jobs, args.concurrency, args.seconds, batch_stamps)
                 cpu_after = meter.seconds()
+                batch["serverCpuSeconds"] = own_cpu_seconds(server.process.pid) - server_before
                 batch["cpuSeconds"] = None if cpu_before is None else cpu_after - cpu_before
                 members = member_rows(server, batch["arn"])
         finally:
@@ -286,6 +294,10 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
         "(refill + admit: the control plane's share)"
     )
     print(f"most processes at once   {peak:8d}")
+    print(
+        f"control-plane CPU per job{batch['serverCpuSeconds'] / args.jobs:8.3f} s   "
+        "(the server process: API incl. this script's polling, both controllers, runner reports)"
+    )
     if batch["cpuSeconds"] is not None:
         per_job = batch["cpuSeconds"] / args.jobs
         print(

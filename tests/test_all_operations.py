@@ -20,6 +20,7 @@ import pytest
 from botocore import xform_name
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, Shape
+
 from helpers import running_server
 
 MODEL = botocore.session.get_session().get_service_model("robomaker")

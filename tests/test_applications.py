@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from helpers import running_server
 
+from helpers import running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 
 BUNDLE_BUCKET = "bundles"
@@ -708,3 +708,24 @@ def test_list_rejects_unknown_filter_names(rm):
         rm.list_robot_applications(filters=[{"name": "status", "values": ["x"]}])
     assert error_code(exc) == "InvalidParameterException"
     assert "filters" in error_message(exc)
+
+
+@pytest.mark.parametrize("max_results", [-1, 0])
+def test_list_with_a_page_size_below_one_is_refused_or_still_pages(rm, app, max_results):
+    # The model gives maxResults no minimum, so botocore sends it; whatever the server answers must not
+    # leave the client stuck with a nextToken the server then refuses.
+    created, _, _ = app(ROBOT)
+    try:
+        page = rm.list_robot_applications(maxResults=max_results)
+    except ClientError as exc:
+        assert error_code(exc) == "InvalidParameterException"
+        assert "maxResults" in error_message(exc)
+        return
+    listed = [s["arn"] for s in page["robotApplicationSummaries"]]
+    for _ in range(1000):
+        if "nextToken" not in page:
+            break
+        page = rm.list_robot_applications(maxResults=max_results, nextToken=page["nextToken"])
+        listed += [s["arn"] for s in page["robotApplicationSummaries"]]
+    assert created["arn"] in listed
+    assert len(listed) == len(set(listed))

@@ -25,8 +25,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from helpers import free_port, running_server, stop_process, wait_for_http
 
+from helpers import free_port, running_server, stop_process, wait_for_http
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 
 ACCOUNT_A, ACCOUNT_B = "111111111111", "222222222222"

@@ -91,7 +91,16 @@ def newest_boto3_python() -> Path:
             shutil.rmtree(old, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True, timeout=300)
         install = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "boto3"],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--upgrade",
+                "boto3",
+            ],
             capture_output=True,
             text=True,
             timeout=900,
@@ -161,7 +170,9 @@ def test_newest_boto3_talks_to_the_server_through_the_exported_model(server, mod
     python = newest_boto3_python()
     bundle = tmp_path / "robot.tar.gz"
     bundle.write_bytes(b"bundle for the newest boto3 " + uuid.uuid4().bytes)
-    copied = openrobomaker("s3", "cp", str(bundle), "s3://newest-boto3/robot.tar.gz", "--data-dir", str(server.data_dir))
+    copied = openrobomaker(
+        "s3", "cp", str(bundle), "s3://newest-boto3/robot.tar.gz", "--data-dir", str(server.data_dir)
+    )
     assert copied.returncode == 0, copied.stderr
     name = f"newest-{uuid.uuid4().hex[:8]}"
     args = [server.endpoint, "newest-boto3", "robot.tar.gz", name]
@@ -175,7 +186,9 @@ def test_newest_boto3_talks_to_the_server_through_the_exported_model(server, mod
     assert with_model["boto3"] == alone["boto3"]
     assert with_model["listed"] is True and with_model["client"] is True
     assert name not in with_model["before"]
-    assert with_model["created"]["arn"].startswith(f"arn:aws:robomaker:us-east-1:000000000000:robot-application/{name}/")
+    assert with_model["created"]["arn"].startswith(
+        f"arn:aws:robomaker:us-east-1:000000000000:robot-application/{name}/"
+    )
     assert with_model["created"]["version"] == "$LATEST"
     assert with_model["created"]["tags"] == {"via": "newest-boto3"}
     assert with_model["described"]["version"] == "1"
@@ -193,7 +206,9 @@ def test_s3_cp_puts_a_file_into_the_local_store(tmp_path):
     data_dir = tmp_path / "data"
     bundle = tmp_path / "robot.tar.gz"
     bundle.write_bytes(os.urandom(300_000))
-    result = openrobomaker("s3", "cp", str(bundle), "s3://my-bundles/apps/robot.tar.gz", "--data-dir", str(data_dir))
+    result = openrobomaker(
+        "s3", "cp", str(bundle), "s3://my-bundles/apps/robot.tar.gz", "--data-dir", str(data_dir)
+    )
     assert result.returncode == 0, result.stderr
     digest = hashlib.md5(bundle.read_bytes()).hexdigest()
     assert digest in result.stdout
@@ -220,10 +235,15 @@ def test_s3_cp_rejects_a_bad_destination(tmp_path, destination):
 
 
 def test_s3_cp_of_a_missing_file_fails_cleanly(tmp_path):
-    result = openrobomaker("s3", "cp", str(tmp_path / "absent"), "s3://b-k/x", "--data-dir", str(tmp_path / "data"))
+    result = openrobomaker(
+        "s3", "cp", str(tmp_path / "absent"), "s3://b-k/x", "--data-dir", str(tmp_path / "data")
+    )
     assert result.returncode != 0
     assert "absent" in result.stderr
     assert "Traceback" not in result.stderr
+    store = open_store(ObjectStoreConfig(kind="local", root=str(tmp_path / "data" / "objects")))
+    if store.bucket_exists("b-k"):
+        assert list(store.list("b-k")) == []
 
 
 def test_quickstart_cp_then_create(server, rm, tmp_path):
@@ -231,7 +251,9 @@ def test_quickstart_cp_then_create(server, rm, tmp_path):
     bundle = tmp_path / "hello.tar.gz"
     bundle.write_bytes(b"quickstart bundle " + uuid.uuid4().bytes)
     key = f"quickstart/{uuid.uuid4().hex[:8]}.tar.gz"
-    result = openrobomaker("s3", "cp", str(bundle), f"s3://quickstart/{key}", "--data-dir", str(server.data_dir))
+    result = openrobomaker(
+        "s3", "cp", str(bundle), f"s3://quickstart/{key}", "--data-dir", str(server.data_dir)
+    )
     assert result.returncode == 0, result.stderr
     created = rm.create_robot_application(
         name=f"hello-{uuid.uuid4().hex[:8]}",

@@ -25,10 +25,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.model import Shape
-from helpers import running_server
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from helpers import running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 
 MODEL = botocore.session.get_session().get_service_model("robomaker")

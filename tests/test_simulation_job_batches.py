@@ -537,14 +537,17 @@ def members_of(rm, batch: dict) -> list[dict]:
     return rm.batch_describe_simulation_job(jobs=arns)["jobs"] if arns else []
 
 
-def stored_job_times(server, arns: list[str]) -> dict[str, tuple[float, float]]:
-    """(created_at, runner_started_at) of each job, read from the server's store: the admission order."""
+def stored_job_times(server, arns: list[str]) -> dict[str, tuple[float, float, float]]:
+    """(created, runner started, last updated) of each job from the server's store (white box): when the
+    batch created it, when the job controller admitted it, and (once ended) when it ended."""
     marks = ",".join("?" * len(arns))
     with contextlib.closing(sqlite3.connect(server.data_dir / "openrobomaker.db")) as db:
         rows = db.execute(
-            f"SELECT arn, created_at, runner_started_at FROM simulation_jobs WHERE arn IN ({marks})", arns
+            "SELECT arn, created_at, runner_started_at, last_updated_at FROM simulation_jobs "
+            f"WHERE arn IN ({marks})",
+            arns,
         ).fetchall()
-    return {arn: (created, runner) for arn, created, runner in rows}
+    return {arn: (created, runner, updated) for arn, created, runner, updated in rows}
 
 
 @ros_test
@@ -568,12 +571,15 @@ def test_concurrency_limit_holds_for_the_real_processes(ros_server, stamper_app,
 
     runs = read_stamps(stamps)
     assert set(runs) == {job_id_of(m["arn"]) for m in members}  # each member ran, exactly once
-    processes = [(run["start"], run["end"]) for run in runs.values()]
-    assert most_at_once(processes) == 2  # never more than maxConcurrency, and the limit was used
-    # The same holds for the jobs as the API shows them: from Running to their end.
+    # Never more than maxConcurrency real processes at once ...
+    assert most_at_once([(run["start"], run["end"]) for run in runs.values()]) <= 2
+    # ... nor jobs Running at once as the API shows them ...
     assert (
         most_at_once([(m["lastStartedAt"].timestamp(), m["lastUpdatedAt"].timestamp()) for m in members]) <= 2
     )
+    # ... nor active (created, not yet ended) members in the store; and the batch did use its limit.
+    stored = stored_job_times(ros_server, [m["arn"] for m in members]).values()
+    assert most_at_once([(created, ended) for created, _, ended in stored]) == 2
 
 
 @ros_test
@@ -681,7 +687,7 @@ def test_batches_and_plain_jobs_share_the_host_in_creation_order(ros_server, sta
     newcomers = [plain] + [c["arn"] for c in second_ended["createdRequests"]]
     times = stored_job_times(ros_server, first_members + newcomers)
     for arn in newcomers:
-        created, admitted = times[arn]
+        created, admitted, _ = times[arn]
         later_members = [times[m][1] for m in first_members if times[m][0] > created]
         assert later_members, "the first batch had no member left to compete with"
         assert admitted < min(later_members), f"{arn} waited behind members created after it"

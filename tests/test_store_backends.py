@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import find_postgres_bin, running_server
 
+from helpers import find_postgres_bin, running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 
 BUCKET = "store-bundles"
@@ -172,3 +172,63 @@ def test_two_servers_on_one_postgresql_share_their_data(postgres):
             assert one.client().create_robot_application_version(application=created["arn"])["version"] == "2"
             with pytest.raises(two.client().exceptions.ResourceAlreadyExistsException):
                 two.client().create_robot_application(name=name, sources=[source], robotSoftwareSuite=SUITE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_versions_get_distinct_numbers(config_for, backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError
+
+    with data_dir() as directory, running_server(config=config_for(backend), data_dir=directory) as server:
+        name = f"race-{backend}-{uuid.uuid4().hex[:8]}"
+        source = put_bundle(server, f"{name}.tar.gz", b"race")
+        created = server.client().create_robot_application(
+            name=name, sources=[source], robotSoftwareSuite=SUITE
+        )
+
+        def create_version(_):
+            try:
+                return server.client().create_robot_application_version(application=created["arn"])["version"]
+            except ClientError as exc:
+                return exc.response["Error"]["Code"]
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(create_version, range(16)))
+        assert sorted(outcomes, key=lambda v: int(v) if v.isdigit() else 0) == [
+            str(n) for n in range(1, 17)
+        ], outcomes
+        assert versions_of(server.client(), name) == sorted(["$LATEST", *[str(n) for n in range(1, 17)]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_updates_with_one_revision_id_let_exactly_one_win(config_for, backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError
+
+    with data_dir() as directory, running_server(config=config_for(backend), data_dir=directory) as server:
+        name = f"lock-{backend}-{uuid.uuid4().hex[:8]}"
+        sources = [put_bundle(server, f"{name}/{i}.tar.gz", str(i).encode()) for i in range(16)]
+        created = server.client().create_robot_application(
+            name=name, sources=[sources[0]], robotSoftwareSuite=SUITE
+        )
+
+        def update(index):
+            try:
+                return server.client().update_robot_application(
+                    application=created["arn"],
+                    sources=[sources[index]],
+                    robotSoftwareSuite=SUITE,
+                    currentRevisionId=created["revisionId"],
+                )["revisionId"]
+            except ClientError as exc:
+                return exc.response["Error"]["Code"]
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(update, range(16)))
+        winners = [o for o in outcomes if o != "InvalidParameterException"]
+        assert len(winners) == 1, outcomes
+        assert (
+            server.client().describe_robot_application(application=created["arn"])["revisionId"] == winners[0]
+        )

@@ -329,8 +329,9 @@ class JobHarness:
             "launchConfig": launch,
         }
 
-    def example_applications(self, bundles: dict[str, Path], sim_format: str = "tar.gz",
-                             robot_format: str = "tar.gz") -> list[dict]:
+    def example_applications(
+        self, bundles: dict[str, Path], sim_format: str = "tar.gz", robot_format: str = "tar.gz"
+    ) -> list[dict]:
         """sim_world and robot_controller uploaded as apps/<app>.<format> (format: tar.gz | colcon-v2.tar)."""
         sim_key, robot_key = f"sim_world.{sim_format}", f"robot_controller.{robot_format}"
         self.put("apps", sim_key, bundles[sim_key])

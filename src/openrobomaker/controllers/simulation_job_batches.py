@@ -51,25 +51,23 @@ class SimulationJobBatchController(Controller):
             self.platform.notify("simulation_jobs")
 
     def _snapshot(self) -> list[BatchState]:
-        states = []
         with self.platform.db.read() as session:
-            for batch_id in store.active_batch_ids(session):
-                batch = store.get_batch(session, batch_id)
-                if batch is None:
-                    continue
-                active = store.count_active_members(session, batch.arn)
-                pending = store.count_requests(session, batch_id, store.PENDING)
-                states.append(
-                    BatchState(
-                        batch_id=batch_id,
-                        status=batch.status,
-                        deadline_at=batch.deadline_at,
-                        room=max(0, batch.max_concurrency - active),
-                        pending=pending,
-                        active_members=active,
-                    )
-                )
-        return states
+            rows = store.active_batches(session)
+            if not rows:
+                return []
+            pending = store.pending_counts(session, [b.batch_id for b in rows])
+            active = store.active_member_counts(session, [b.arn for b in rows])
+        return [
+            BatchState(
+                batch_id=batch.batch_id,
+                status=batch.status,
+                deadline_at=batch.deadline_at,
+                room=max(0, batch.max_concurrency - active.get(batch.arn, 0)),
+                pending=pending.get(batch.batch_id, 0),
+                active_members=active.get(batch.arn, 0),
+            )
+            for batch in rows
+        ]
 
     def _advance(self, state: BatchState, now: float) -> bool:
         """One step for one batch; True when the job controller has new work (members to start or stop)."""
@@ -79,7 +77,7 @@ class SimulationJobBatchController(Controller):
             return self._in_transaction(state.batch_id, batches.wind_down, now)
         if state.pending and state.room:
             return self._start_members(state, now) > 0
-        if not state.pending:
+        if not state.pending and (state.active_members == 0 or state.status != "Completing"):
             self._in_transaction(state.batch_id, batches.settle, now)
         return False
 

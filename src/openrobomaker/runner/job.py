@@ -14,9 +14,10 @@ How applications ending are read:
   ros1_launch.py) is a `SimulationApplicationCrash` / `RobotApplicationCrash`. With failureBehavior `Fail`
   the job ends `Failed`; with `Continue` ("restart the simulation job in the same host instance", the 2020
   meaning) the phase is RunningFailed while every application is restarted in place (same ROS master, same
-  bundles), with a backoff of 1, 2, 4 … 30 s between repeated crashes, then Running again.
-* `maxJobDurationInSeconds`, measured from the first entry into Running, ends the job `Completed`, or
-  `Failed` with the last crash when it is reached while RunningFailed.
+  bundles), with a backoff of 1, 2, 4, 8, 10 s between repeated crashes, then Running again.
+* `maxJobDurationInSeconds`, measured from the first entry into Running, ends the job `Completed` — with
+  `Continue` too, even when the applications kept crashing: the crashes were reported as RunningFailed
+  phases (with their failure code and reason) while they happened.
 * Cancel (control plane action, SIGTERM, or a `cancel` file in the work dir) ends the job `Canceled`.
 * A `restart` action stops the applications, downloads their bundles again (a changed `$LATEST` is picked
   up), and starts them again: Restarting -> Running, same runId, same master.
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openrobomaker.bundles import ExtractedBundle, remove_tree, sourced_argv
-from openrobomaker.objectstore import open_store
+from openrobomaker.objectstore import ObjectStore, open_store
 from openrobomaker.runner.datasources import MOUNT_ROOT, PreparedDataSource, fetch_data_sources
 from openrobomaker.runner.environment import (
     JobContext,
@@ -74,7 +75,7 @@ MASTER_START_TIMEOUT = 30.0
 APP_SIGINT_TIMEOUT = 10.0  # the launcher gives nodes 5 s for SIGINT and 2 s for SIGTERM itself
 BAG_SIGINT_TIMEOUT = 15.0  # rosbag must get to close the bag properly
 POLL_SECONDS = 0.2
-MAX_CRASH_BACKOFF = 30.0
+MAX_CRASH_BACKOFF = 10.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class JobRun:
         self.spec = spec
         self.layout = RunLayout(Path(spec.work_dir))
         self.cache_dir = Path(spec.cache_dir)
-        self.store = open_store(spec.object_store)
+        self._store: ObjectStore | None = None
         self.events: queue.Queue[str] = queue.Queue()
         self.clock = Clock()
         self.phase = "Preparing"
@@ -163,7 +164,6 @@ class JobRun:
         self.output_writable = False
         self.processes_started = False
         self.crashes = 0
-        self.last_crash: tuple[str, str] | None = None
         self.reporter = Reporter(
             url=spec.control_plane.url,
             job_id=spec.job_id,
@@ -173,6 +173,13 @@ class JobRun:
             simulation_time_millis=self.clock.simulation_millis,
             final_report_path=self.layout.final_report,
         )
+
+    @property
+    def store(self) -> ObjectStore:
+        # Opened on first use so that a bad object store configuration fails the run with a report.
+        if self._store is None:
+            self._store = open_store(self.spec.object_store)
+        return self._store
 
     # --- top level ------------------------------------------------------------------------------
 
@@ -184,7 +191,12 @@ class JobRun:
             "run %s of %s (restartCount %s)", self.spec.run_id, self.spec.job_id, self.spec.restart_count
         )
         result = self._execute()
-        result = self._wind_down(result)
+        try:
+            result = self._wind_down(result)
+        except Exception as exc:
+            log.exception("error while ending the run")
+            if result.outcome != "Failed":
+                result = RunResult("Failed", INTERNAL_SERVICE_ERROR, f"Error while ending the run: {exc}")
         log.info(
             "run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or ""
         )
@@ -235,7 +247,7 @@ class JobRun:
         return event if event in ("cancel", "restart") else None
 
     def _check_cancel(self) -> None:
-        """Between preparation steps: honour a cancel, drop restarts (nothing runs yet)."""
+        """Between steps: honour a cancel; drop restarts (nothing runs yet, or a restart is under way)."""
         while True:
             event = self._next_event(0)
             if event == "cancel":
@@ -480,8 +492,6 @@ class JobRun:
 
     def _result_at_max_duration(self) -> RunResult:
         log.info("maximum job duration of %ss reached", self.spec.max_job_duration_seconds)
-        if self.phase == "RunningFailed" and self.last_crash:
-            return RunResult("Failed", *self.last_crash)
         return RunResult("Completed")
 
     def _check_infrastructure(self) -> None:
@@ -529,12 +539,12 @@ class JobRun:
     def _continue_after_crash(self, failure_code: str, reason: str) -> None:
         """failureBehavior Continue: RunningFailed, restart every application in place, Running again."""
         self.crashes += 1
-        self.last_crash = (failure_code, reason)
         self._set_phase("RunningFailed", failure_code, reason)
         self._stop_apps()
         self._wait(min(MAX_CRASH_BACKOFF, 2.0 ** (self.crashes - 1)))
         if self._duration_reached():
             return
+        self._check_cancel()
         self._start_all_apps()
         self._enter_running()
 
@@ -544,24 +554,42 @@ class JobRun:
         self._set_phase("Restarting")
         self._stop_apps()
         for app in self.apps:
+            self._check_cancel()
             self._fetch_bundle(app)
+        self._check_cancel()  # also merges restart actions that arrived meanwhile into this restart
         self._start_all_apps()
         self._enter_running()
 
     # --- ending ---------------------------------------------------------------------------------
 
     def _stop_everything(self) -> None:
-        self._stop_apps()
         infra = self.infra
-        # rosbag gets SIGINT and time to close the bag; the master goes last so that nodes shut down cleanly.
-        _stop_in_parallel(
-            [(infra.bag_recorder, BAG_SIGINT_TIMEOUT), (infra.service_node, 5.0), (infra.ns_forwarder, 5.0)]
-        )
-        _stop_in_parallel([(infra.rosout, 5.0), (infra.master, 5.0)])
+        try:
+            self._stop_apps()
+            # rosbag gets SIGINT and time to close its bag; the master goes last so nodes shut down cleanly.
+            _stop_in_parallel(
+                [
+                    (infra.bag_recorder, BAG_SIGINT_TIMEOUT),
+                    (infra.service_node, 5.0),
+                    (infra.ns_forwarder, 5.0),
+                ]
+            )
+            _stop_in_parallel([(infra.rosout, 5.0), (infra.master, 5.0)])
+        finally:
+            self._release_host_resources()
+
+    def _release_host_resources(self) -> None:
+        infra = self.infra
         if self.isolation is not None:
-            self.isolation.stop()  # the holder exits: the kernel kills whatever is left in the pid namespace
+            try:
+                self.isolation.stop()  # the holder exits: the kernel kills what is left in the pid namespace
+            except Exception:
+                log.exception("stopping the namespace holder failed")
         if infra.host_forwarder is not None:
             infra.host_forwarder.close()
+            socket_dir = Path(infra.host_forwarder.socket_path).parent
+            if socket_dir != self.layout.work_dir:
+                remove_tree(socket_dir)  # the short /tmp dir used when the work dir path is too long
         kill_marked_processes(RUN_MARKER_VAR, self.run_marker)
         for sink in infra.sinks:
             sink.close()
@@ -582,9 +610,16 @@ class JobRun:
         return result
 
 
+def _stop_quietly(process: JobProcess, sigint_timeout: float) -> None:
+    try:
+        process.stop(sigint_timeout)
+    except Exception:  # one process failing to stop must not keep the others running
+        log.exception("stopping %s failed", process.name)
+
+
 def _stop_in_parallel(processes: list[tuple[JobProcess | None, float]]) -> None:
     threads = [
-        threading.Thread(target=process.stop, args=(sigint_timeout,), name=f"stop-{process.name}")
+        threading.Thread(target=_stop_quietly, args=(process, sigint_timeout), name=f"stop-{process.name}")
         for process, sigint_timeout in processes
         if process is not None
     ]

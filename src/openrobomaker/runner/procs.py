@@ -91,7 +91,6 @@ class JobProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.started_at = time.time()
         self._pump = threading.Thread(target=self._pump_output, name=f"log-{name}", daemon=True)
         self._pump.start()
         log.info("started %s (pid %s)", name, self.popen.pid)

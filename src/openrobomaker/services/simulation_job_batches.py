@@ -430,16 +430,15 @@ def start_timeout(session, batch: store.SimulationJobBatchRow, now: float) -> bo
 # --- turning pending requests into member jobs ------------------------------------------------------------
 
 
-def _due(row: store.BatchRequestRow, now: float) -> bool:
-    if row.failure_code != INTERNAL_ERROR or row.failed_at is None:
-        return True
-    return now - row.failed_at >= RETRY_INTERNAL_ERROR_AFTER_SECONDS
-
-
 def next_pending(session, batch: store.SimulationJobBatchRow, count: int, now: float) -> list[int]:
     """Positions of the next `count` pending requests due for an attempt, in request order."""
-    rows = [r for r in store.requests_of(session, batch.batch_id, PENDING) if _due(r, now)]
-    return [r.position for r in rows[:count]]
+    return store.due_pending_positions(
+        session,
+        batch.batch_id,
+        count,
+        backoff_code=INTERNAL_ERROR,
+        tried_before=now - RETRY_INTERNAL_ERROR_AFTER_SECONDS,
+    )
 
 
 def _record_attempt_failure(
@@ -477,7 +476,11 @@ def create_members(platform: Any, batch_id: str, positions: list[int]) -> int:
         batch = store.get_batch(session, batch_id)
         if batch is None or batch.status not in DRIVING_STATUSES:
             return 0
-        requests = {r.position: r.request for r in store.requests_of(session, batch_id, PENDING)}
+        requests = {
+            r.position: r.request
+            for r in store.requests_at(session, batch_id, positions)
+            if r.state == PENDING
+        }
     positions = [p for p in positions if p in requests]
     results = _definitions(platform, batch, positions, requests)
     made = 0

@@ -102,15 +102,33 @@ def count_active_batches(session: Session, account_id: str, region: str) -> int:
     )
 
 
-def active_batch_ids(session: Session) -> list[str]:
-    """Every batch the controller still drives, oldest first (older batches get freed capacity first)."""
+def active_batches(session: Session) -> list[SimulationJobBatchRow]:
+    """Every batch the controller still drives, oldest first."""
     return list(
         session.scalars(
-            select(SimulationJobBatchRow.batch_id)
+            select(SimulationJobBatchRow)
             .where(SimulationJobBatchRow.status.in_(ACTIVE_BATCH_STATUSES))
             .order_by(SimulationJobBatchRow.created_at, SimulationJobBatchRow.batch_id)
         )
     )
+
+
+def pending_counts(session: Session, batch_ids: list[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(BatchRequestRow.batch_id, func.count())
+        .where(BatchRequestRow.batch_id.in_(batch_ids), BatchRequestRow.state == PENDING)
+        .group_by(BatchRequestRow.batch_id)
+    )
+    return dict(rows.all())
+
+
+def active_member_counts(session: Session, batch_arns: list[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(SimulationJobRow.batch_arn, func.count())
+        .where(SimulationJobRow.batch_arn.in_(batch_arns), SimulationJobRow.status.in_(ACTIVE_STATUSES))
+        .group_by(SimulationJobRow.batch_arn)
+    )
+    return dict(rows.all())
 
 
 def list_batches(
@@ -132,6 +150,29 @@ def requests_of(session: Session, batch_id: str, state: str | None = None) -> li
     query = select(BatchRequestRow).where(BatchRequestRow.batch_id == batch_id)
     if state is not None:
         query = query.where(BatchRequestRow.state == state)
+    return list(session.scalars(query.order_by(BatchRequestRow.position)))
+
+
+def due_pending_positions(
+    session: Session, batch_id: str, limit: int, *, backoff_code: str, tried_before: float
+) -> list[int]:
+    """The first `limit` pending requests, in request order, skipping those whose last attempt failed with
+    `backoff_code` after `tried_before` (they wait out a backoff)."""
+    waiting = (BatchRequestRow.failure_code == backoff_code) & (BatchRequestRow.failed_at > tried_before)
+    query = (
+        select(BatchRequestRow.position)
+        .where(BatchRequestRow.batch_id == batch_id, BatchRequestRow.state == PENDING)
+        .where(~waiting | BatchRequestRow.failure_code.is_(None))
+        .order_by(BatchRequestRow.position)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def requests_at(session: Session, batch_id: str, positions: list[int]) -> list[BatchRequestRow]:
+    query = select(BatchRequestRow).where(
+        BatchRequestRow.batch_id == batch_id, BatchRequestRow.position.in_(positions)
+    )
     return list(session.scalars(query.order_by(BatchRequestRow.position)))
 
 

@@ -245,7 +245,6 @@ UNSAFE_CASES = {
     "dotdot": [_file("../evil", b"x")],
     "nested-dotdot": [_dir("my_pkg"), _file("my_pkg/../../evil", b"x")],
     "symlink-out-relative": [_link("escape", "../../..")],
-    "symlink-absolute": [_link("escape", "/etc/passwd")],
     "symlink-then-write-through": [_link("dir", "."), _link("dir/up", "..")],
     "hardlink-out": [_link("hard", "../outside", hard=True)],
     "hardlink-absolute": [_link("hard", "/etc/passwd", hard=True)],
@@ -283,6 +282,24 @@ def test_unsafe_member_inside_colcon_v1_bundle_tar(tmp_path):
         extract_bundle(write(tmp_path / "v1.tar.gz", outer), tmp_path / "out")
     assert err.value.category == BundleErrorCategory.UNSAFE
     assert not (tmp_path / "evil").exists()
+
+
+def test_absolute_symlinks_are_rerooted_inside_the_bundle(tmp_path):
+    members = plain_bundle_members() + [
+        _dir("etc"),
+        _dir("etc/alternatives"),
+        _file("etc/alternatives/libblas.so.3", b"blas"),
+        _dir("usr"),
+        _dir("usr/lib"),
+        _link("usr/lib/libblas.so.3", "/etc/alternatives/libblas.so.3"),
+        _link("usr/lib/passwd", "/etc/passwd"),
+    ]
+    out = tmp_path / "out"
+    extract_bundle(write(tmp_path / "abs.tar", tar_bytes(members)), out)
+    assert (out / "usr/lib/libblas.so.3").read_bytes() == b"blas"
+    assert os.readlink(out / "usr/lib/libblas.so.3") == "../../etc/alternatives/libblas.so.3"
+    assert os.path.realpath(out / "usr/lib/passwd") == str((out / "etc/passwd").resolve())
+    assert not (out / "usr/lib/passwd").exists()  # dangling inside the bundle, never the host's file
 
 
 def test_links_that_stay_inside_are_allowed(tmp_path):

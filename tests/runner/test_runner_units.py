@@ -241,3 +241,11 @@ def test_forwarders_bridge_tcp_through_a_unix_socket(tmp_path):
         assert client.recv(100) == b"echo:hello"
     host_side.close()
     upstream.close()
+
+
+def test_api_socket_path_falls_back_to_a_short_dir(tmp_path):
+    assert RunLayout(tmp_path).api_socket_path() == tmp_path / "api.sock"
+    long_layout = RunLayout(tmp_path / ("x" * 120))
+    fallback = long_layout.api_socket_path()
+    assert len(str(fallback)) < 100 and fallback.name == "api.sock" and fallback.parent.is_dir()
+    fallback.parent.rmdir()

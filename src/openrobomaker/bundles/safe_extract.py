@@ -1,7 +1,8 @@
 """Extract untrusted tar / zip archives without ever writing outside the destination directory.
 
 Every member is checked before it is written: no absolute names, no `..` components, no device or fifo
-files, no symlink or hardlink that resolves outside the destination, no member replacing an existing
+files, no symlink or hardlink that resolves outside the destination (absolute symlink targets are
+re-rooted at the destination, as a bundle is a filesystem tree rooted at its prefix), no member replacing an existing
 link, and member count / total size within limits. Python's own `filter="data"` runs as a second line
 of defence where the interpreter has it (3.11.4+), and a final sweep re-checks every symlink in the tree.
 """
@@ -136,9 +137,11 @@ def _check_member_target(member: tarfile.TarInfo, dest_real: str, rel: str) -> N
         raise BundleError(BundleErrorCategory.UNSAFE, f"member {member.name!r} replaces an existing link")
     if member.issym():
         if member.linkname.startswith("/"):
-            raise BundleError(
-                BundleErrorCategory.UNSAFE, f"symlink {member.name!r} has absolute target {member.linkname!r}"
-            )
+            # A bundle is a filesystem tree rooted at its prefix, and apt packages inside colcon bundles
+            # ship links such as usr/lib/libblas.so.3 -> /etc/alternatives/...: point them at the same
+            # path inside the bundle rather than at the host (or rejecting the whole bundle).
+            inside = os.path.join(dest_real, member.linkname.lstrip("/"))
+            member.linkname = os.path.relpath(inside, os.path.dirname(target))
         resolved = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
         _require_inside(dest_real, resolved, f"symlink {member.name!r} -> {member.linkname!r}")
     elif member.islnk():

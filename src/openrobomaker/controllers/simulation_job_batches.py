@@ -32,8 +32,8 @@ class BatchState:
 
 class SimulationJobBatchController(Controller):
     signal_name = "simulation_batches"
-    # Member jobs end on runner reports, which wake the job controller but not this one (see the report):
-    # a short interval bounds how long a freed slot stays empty.
+    # A member ending frees a slot. Runner reports of a job's end notify the job controller only (a runner
+    # that died notifies this one too), so this interval bounds how long a freed slot can stay empty.
     interval = 0.2
 
     def reconcile(self) -> None:

@@ -718,8 +718,8 @@ def test_list_with_a_page_size_below_one_is_refused_or_still_pages(rm, app, max_
     try:
         page = rm.list_robot_applications(maxResults=max_results)
     except ClientError as exc:
-        assert error_code(exc) == "InvalidParameterException"
-        assert "maxResults" in error_message(exc)
+        assert exc.response["Error"]["Code"] == "InvalidParameterException"
+        assert "maxResults" in exc.response["Error"]["Message"]
         return
     listed = [s["arn"] for s in page["robotApplicationSummaries"]]
     for _ in range(1000):

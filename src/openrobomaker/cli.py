@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from openrobomaker.config import ConfigError, Settings, build_settings
+from openrobomaker.objectstore import ObjectStoreError
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,8 @@ def _parse_s3_url(url: str) -> tuple[str, str]:
 def cmd_s3_cp(args: argparse.Namespace) -> int:
     from openrobomaker.objectstore import open_store
 
+    if not args.source.is_file():
+        raise FileNotFoundError(f"{args.source}: no such file")
     settings = _settings_from(args)
     store = open_store(settings.resolved_object_store)
     bucket, key = _parse_s3_url(args.destination)
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError, ObjectStoreError) as exc:
         print(f"openrobomaker: {exc}", file=sys.stderr)
         return 2
 

@@ -31,6 +31,7 @@ from openrobomaker.services.registry import dispatch
 log = logging.getLogger("openrobomaker.api")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+_ALWAYS_DECLARED = {"InternalServerException", "ServiceUnavailableException", "ThrottlingException"}
 
 
 class WireError(Exception):
@@ -120,8 +121,9 @@ class RoboMakerApi:
             status = exc.status
             return error_response(exc.code, exc.message, exc.status, request_id)
         except ApiError as exc:
-            status = self.definitions.error_status(exc.code)
-            return error_response(exc.code, exc.message, status, request_id)
+            code = self._declared_code(operation_name, exc.code)
+            status = self.definitions.error_status(code)
+            return error_response(code, exc.message, status, request_id)
         except Exception:  # a bug must still answer in the API's format, and be logged with its request id
             log.exception("internal error in %s (request %s)", operation_name, request_id)
             return error_response(
@@ -138,6 +140,17 @@ class RoboMakerApi:
                 account,
                 request_id,
             )
+
+    def _declared_code(self, operation_name: str, code: str) -> str:
+        """Answer only errors the model declares for the operation: clients catch those by class.
+
+        E.g. DeleteRobotApplication declares no ResourceNotFoundException, so an unknown application is
+        an InvalidParameterException there, as the service answered.
+        """
+        operation = self.definitions.operations.get(operation_name)
+        if operation is None or code in operation.errors or code in _ALWAYS_DECLARED:
+            return code
+        return "InvalidParameterException"
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -203,10 +216,14 @@ def build_app(platform: Any, extra_routes: list | None = None) -> Starlette:
     async def health(_request: Request) -> Response:
         return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
 
+    async def every_other_path(scope, receive, send) -> None:
+        # The router's fallback rather than a catch-all route: it also takes paths Starlette's route
+        # patterns cannot match (a percent-encoded newline in a tag ARN), so every request gets API errors.
+        response = await api.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
     routes = [Route("/health", health, methods=["GET"]), *(extra_routes or [])]
-    routes.append(
-        Route("/{path:path}", api.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
-    )
     app = Starlette(routes=routes)
+    app.router.default = every_other_path
     app.state.api = api
     return app

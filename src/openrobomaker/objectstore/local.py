@@ -118,6 +118,7 @@ class LocalObjectStore(ObjectStore):
     def _write_atomically(self, bucket: str, key: str, writer) -> ObjectInfo:
         bucket_dir = self._require_bucket(bucket)
         path = self._object_path(bucket, key)
+        tmp_name = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=bucket_dir, prefix=".upload-")
@@ -125,6 +126,8 @@ class LocalObjectStore(ObjectStore):
                 writer(out)
             os.replace(tmp_name, path)
         except OSError as exc:
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
             raise ObjectStoreError(f"cannot write s3://{bucket}/{key}: {exc}") from exc
         etag = self._record_etag(bucket, key, path)
         return ObjectInfo(bucket=bucket, key=key, size=path.stat().st_size, etag=etag)

@@ -22,7 +22,7 @@ from openrobomaker.services.errors import (
     ResourceAlreadyExists,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import decode_token, page
+from openrobomaker.services.pagination import decode_token, page, page_size
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import applications as store
 from openrobomaker.store.applications import LATEST
@@ -143,9 +143,17 @@ def _spec_from_request(platform: Any, kind: Kind, params: dict[str, Any]) -> dic
     return {k: v for k, v in spec.items() if v is not None}
 
 
-def _find_application(session, ctx: RequestContext, kind: Kind, arn: str, field: str = "application"):
+def _find_application(
+    session,
+    ctx: RequestContext,
+    kind: Kind,
+    arn: str,
+    field: str = "application",
+    *,
+    for_update: bool = False,
+):
     owned_arn(ctx, arn, kind.arn_type, field)
-    row = store.application_by_arn(session, arn)
+    row = store.application_by_arn(session, arn, for_update=for_update)
     if row is None:
         raise ResourceNotFound(f"{field}: {kind.arn_type} {arn} not found")
     return row
@@ -260,7 +268,7 @@ def create_application_version(
     if params.get("imageDigest"):
         spec["imageDigest"] = params["imageDigest"]
     with platform.db.transaction() as session:
-        app_row = _find_application(session, ctx, kind, params["application"])
+        app_row = _find_application(session, ctx, kind, params["application"], for_update=True)
         latest = _find_version(session, app_row, LATEST)
         _check_revision(params.get("currentRevisionId"), latest)
         if (
@@ -319,7 +327,7 @@ def list_applications(
         if flt.get("name") != "name":
             raise InvalidParameter(f"filters.{index}.member.name: only the filter 'name' is supported")
         name = (flt.get("values") or [None])[0]
-    limit = params.get("maxResults") or DEFAULT_PAGE
+    limit = page_size(params, DEFAULT_PAGE)
     scope = f"{kind.name}:{name}:{params.get('versionQualifier')}"
     offset = decode_token(params.get("nextToken"), scope)
     with platform.db.read() as session:
@@ -345,7 +353,7 @@ def update_application(
 ) -> dict[str, Any]:
     spec = _spec_from_request(platform, kind, params)
     with platform.db.transaction() as session:
-        app_row = _find_application(session, ctx, kind, params["application"])
+        app_row = _find_application(session, ctx, kind, params["application"], for_update=True)
         latest = _find_version(session, app_row, LATEST)
         _check_revision(params.get("currentRevisionId"), latest)
         latest.spec = spec
@@ -361,7 +369,7 @@ def delete_application(platform: Any, ctx: RequestContext, kind: Kind, params: d
             "applicationVersion: $LATEST cannot be deleted on its own; delete the application"
         )
     with platform.db.transaction() as session:
-        app_row = _find_application(session, ctx, kind, params["application"])
+        app_row = _find_application(session, ctx, kind, params["application"], for_update=True)
         if version is None:
             tag_rules.drop_tags(session, app_row.arn)
             store.delete_application(session, app_row)

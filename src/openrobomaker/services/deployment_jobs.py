@@ -33,6 +33,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
+from openrobomaker.services.pagination import exact_filters
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import deployment_jobs as store
 from openrobomaker.store import fleets as fleet_store
@@ -325,9 +326,9 @@ def describe_deployment_job(platform: Any, ctx: RequestContext, params: dict[str
 
 @operation("ListDeploymentJobs")
 def list_deployment_jobs(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    from openrobomaker.services.robots import list_filters, paged
+    from openrobomaker.services.robots import paged
 
-    filters = list_filters(params, LIST_FILTERS)
+    filters = exact_filters(params, LIST_FILTERS)
     with platform.db.read() as session:
         fleet_arns = None
         if "fleetName" in filters:

@@ -10,6 +10,7 @@ from openrobomaker.services import tags as tag_rules
 from openrobomaker.services.arns import build_arn, now_ms
 from openrobomaker.services.context import RequestContext
 from openrobomaker.services.errors import LimitExceeded
+from openrobomaker.services.pagination import exact_filters
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import deployment_jobs as job_store
 from openrobomaker.store import fleets as store
@@ -69,7 +70,7 @@ def describe_fleet(platform: Any, ctx: RequestContext, params: dict[str, Any]) -
 
 @operation("ListFleets")
 def list_fleets(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    filters = robot_rules.list_filters(params, LIST_FILTERS)
+    filters = exact_filters(params, LIST_FILTERS)
     with platform.db.read() as session:
         rows = store.list_fleets(session, ctx.account_id, ctx.region, filters.get("name"))
         window, token = robot_rules.paged(params, "fleets", filters, rows)

@@ -21,7 +21,7 @@ from openrobomaker.services.errors import (
     ResourceAlreadyExists,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import decode_token, page
+from openrobomaker.services.pagination import exact_filters, paginate
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import fleets as fleet_store
 from openrobomaker.store import robots as store
@@ -113,32 +113,14 @@ def describe_robot(platform: Any, ctx: RequestContext, params: dict[str, Any]) -
     return view
 
 
-def list_filters(params: dict[str, Any], allowed: set[str]) -> dict[str, str]:
-    """Filters as {name: value}; the list operations of this area take one value per filter."""
-    filters: dict[str, str] = {}
-    for index, flt in enumerate(params.get("filters") or [], start=1):
-        name = flt.get("name")
-        if name not in allowed:
-            raise InvalidParameter(
-                f"filters.{index}.member.name: supported filters are {', '.join(sorted(allowed))}"
-            )
-        values = flt.get("values") or []
-        if len(values) != 1:
-            raise InvalidParameter(f"filters.{index}.member.values: give exactly one value")
-        filters[name] = values[0]
-    return filters
-
-
 def paged(params: dict[str, Any], kind: str, filters: dict[str, str], rows: list) -> tuple[list, str | None]:
-    limit = min(params.get("maxResults") or DEFAULT_PAGE, DEFAULT_PAGE)
     scope = f"{kind}:" + json.dumps(filters, sort_keys=True)
-    offset = decode_token(params.get("nextToken"), scope)
-    return page(rows[offset : offset + limit + 1], offset, limit, scope)
+    return paginate(params, rows, scope, DEFAULT_PAGE, DEFAULT_PAGE)
 
 
 @operation("ListRobots")
 def list_robots(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    filters = list_filters(params, LIST_FILTERS)
+    filters = exact_filters(params, LIST_FILTERS)
     with platform.db.read() as session:
         fleet_arns = None
         if "fleetName" in filters:

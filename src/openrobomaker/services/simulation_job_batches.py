@@ -30,7 +30,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import decode_token, page
+from openrobomaker.services.pagination import decode_token, exact_filters, page, page_size
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_job_batches as store
 from openrobomaker.store.simulation_job_batches import CREATED, DROPPED, FAILED, PENDING
@@ -272,28 +272,10 @@ def describe_simulation_job_batch(
         return batch_view(session, _owned_batch(session, ctx, params["batch"]))
 
 
-def _list_filters(params: dict[str, Any]) -> dict[str, str]:
-    filters = {}
-    for index, flt in enumerate(params.get("filters") or [], start=1):
-        name = flt.get("name")
-        if name not in LIST_FILTERS:
-            raise InvalidParameter(
-                f"filters.{index}.member.name: supported filters are {', '.join(sorted(LIST_FILTERS))}"
-            )
-        values = flt.get("values") or []
-        if len(values) != 1:
-            raise InvalidParameter(f"filters.{index}.member.values: give exactly one value")
-        filters[name] = values[0]
-    return filters
-
-
 @operation("ListSimulationJobBatches")
 def list_simulation_job_batches(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    filters = _list_filters(params)
-    limit = params.get("maxResults") or DEFAULT_PAGE
-    if limit < 1:
-        raise InvalidParameter("maxResults: must be at least 1")
-    limit = min(limit, DEFAULT_PAGE)
+    filters = exact_filters(params, LIST_FILTERS)
+    limit = page_size(params, DEFAULT_PAGE, DEFAULT_PAGE)
     scope = "batches:" + json.dumps(filters, sort_keys=True)
     offset = decode_token(params.get("nextToken"), scope)
     with platform.db.read() as session:

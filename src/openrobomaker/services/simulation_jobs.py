@@ -29,7 +29,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import decode_token, page
+from openrobomaker.services.pagination import exact_filters, paginate
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_jobs as store
 from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
@@ -287,27 +287,10 @@ def batch_describe_simulation_job(
     return {"jobs": found, "unprocessedJobs": unprocessed}
 
 
-def _list_filters(params: dict[str, Any]) -> dict[str, str]:
-    filters = {}
-    for index, flt in enumerate(params.get("filters") or [], start=1):
-        name = flt.get("name")
-        if name not in LIST_FILTERS:
-            raise InvalidParameter(
-                f"filters.{index}.member.name: supported filters are {', '.join(sorted(LIST_FILTERS))}"
-            )
-        values = flt.get("values") or []
-        if len(values) != 1:
-            raise InvalidParameter(f"filters.{index}.member.values: give exactly one value")
-        filters[name] = values[0]
-    return filters
-
-
 @operation("ListSimulationJobs")
 def list_simulation_jobs(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    filters = _list_filters(params)
-    limit = min(params.get("maxResults") or DEFAULT_PAGE, DEFAULT_PAGE)
+    filters = exact_filters(params, LIST_FILTERS)
     scope = "jobs:" + json.dumps(filters, sort_keys=True)
-    offset = decode_token(params.get("nextToken"), scope)
     with platform.db.read() as session:
         rows = store.list_jobs(
             session, ctx.account_id, ctx.region, status=filters.get("status"), offset=0, limit=10**9
@@ -318,7 +301,7 @@ def list_simulation_jobs(platform: Any, ctx: RequestContext, params: dict[str, A
         if filters.get("simulationApplicationName") in (None, *_app_names(job, "simulation"))
         and filters.get("robotApplicationName") in (None, *_app_names(job, "robot"))
     ]
-    window, token = page(by_name[offset : offset + limit + 1], offset, limit, scope)
+    window, token = paginate(params, by_name, scope, DEFAULT_PAGE, DEFAULT_PAGE)
     result: dict[str, Any] = {"simulationJobSummaries": [job_summary(job) for job in window]}
     if token:
         result["nextToken"] = token

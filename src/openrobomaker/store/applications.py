@@ -52,8 +52,12 @@ def find_application(
     ).one_or_none()
 
 
-def application_by_arn(session: Session, arn: str) -> ApplicationRow | None:
-    return session.scalars(select(ApplicationRow).where(ApplicationRow.arn == arn)).one_or_none()
+def application_by_arn(session: Session, arn: str, *, for_update: bool = False) -> ApplicationRow | None:
+    """With for_update, the row stays locked until the transaction ends (version numbers, revisions)."""
+    query = select(ApplicationRow).where(ApplicationRow.arn == arn)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
 
 
 def find_version(session: Session, application_id: int, version: str) -> ApplicationVersionRow | None:

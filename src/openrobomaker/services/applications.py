@@ -309,13 +309,19 @@ def describe_application(
     platform: Any, ctx: RequestContext, kind: Kind, params: dict[str, Any]
 ) -> dict[str, Any]:
     version = params.get("applicationVersion") or LATEST
-    with platform.db.read() as session:
-        app_row = _find_application(session, ctx, kind, params["application"])
-        version_row = _find_version(session, app_row, version)
-        tags = tag_rules.load_tags(session, app_row.arn)
-    view = _view(app_row, version_row, with_etags=version != LATEST)
-    if "imageDigest" in version_row.spec:
-        view["imageDigest"] = version_row.spec["imageDigest"]
+    arn = params["application"]
+    owned_arn(ctx, arn, kind.arn_type, "application")
+    with platform.db.connect() as connection:
+        row = store.describe_row(connection, arn, version)
+        if row is None or row.kind != kind.name:
+            identity = store.application_identity(connection, arn)
+            if identity is None or identity.kind != kind.name:
+                raise ResourceNotFound(f"application: {kind.arn_type} {arn} not found")
+            raise ResourceNotFound(f"applicationVersion: version {version} of {arn} not found")
+        tags = tag_rules.load_tags(connection, arn)
+    view = _view(row, row, with_etags=version != LATEST)
+    if "imageDigest" in row.spec:
+        view["imageDigest"] = row.spec["imageDigest"]
     return {**view, "tags": tags}
 
 
@@ -330,7 +336,7 @@ def list_applications(
     limit = page_size(params, DEFAULT_PAGE)
     scope = f"{kind.name}:{name}:{params.get('versionQualifier')}"
     offset = decode_token(params.get("nextToken"), scope)
-    with platform.db.read() as session:
+    with platform.db.connect() as session:
         rows = store.list_versions(
             session,
             ctx.account_id,
@@ -342,7 +348,7 @@ def list_applications(
             limit=limit + 1,
         )
     rows, token = page(rows, offset, limit, scope)
-    result: dict[str, Any] = {kind.summaries_key: [_summary(kind, a, v) for a, v in rows]}
+    result: dict[str, Any] = {kind.summaries_key: [_summary(kind, row, row) for row in rows]}
     if token:
         result["nextToken"] = token
     return result

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    select,
+)
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -80,7 +92,7 @@ def count_numbered_versions(session: Session, application_id: int) -> int:
 
 
 def list_versions(
-    session: Session,
+    session: Session | Connection,
     account_id: str,
     region: str,
     kind: str,
@@ -89,9 +101,16 @@ def list_versions(
     all_versions: bool,
     offset: int,
     limit: int,
-) -> list[tuple[ApplicationRow, ApplicationVersionRow]]:
+) -> list[Row]:
+    """Summary columns of application versions, one flat row each (no ORM objects: a hot path)."""
     query = (
-        select(ApplicationRow, ApplicationVersionRow)
+        select(
+            ApplicationRow.arn,
+            ApplicationRow.name,
+            ApplicationVersionRow.version,
+            ApplicationVersionRow.last_updated_at,
+            ApplicationVersionRow.spec,
+        )
         .join(ApplicationVersionRow, ApplicationVersionRow.application_id == ApplicationRow.id)
         .where(
             ApplicationRow.account_id == account_id,
@@ -108,9 +127,38 @@ def list_versions(
         ApplicationVersionRow.version_number.is_not(None),
         ApplicationVersionRow.version_number,
     )
-    return [tuple(row) for row in session.execute(query.offset(offset).limit(limit)).all()]
+    return list(session.execute(query.offset(offset).limit(limit)).all())
 
 
 def delete_application(session: Session, app_row: ApplicationRow) -> None:
     session.execute(delete(ApplicationVersionRow).where(ApplicationVersionRow.application_id == app_row.id))
     session.delete(app_row)
+
+
+_DESCRIBE = (
+    select(
+        ApplicationRow.arn,
+        ApplicationRow.name,
+        ApplicationRow.account_id,
+        ApplicationRow.region,
+        ApplicationRow.kind,
+        ApplicationVersionRow.version,
+        ApplicationVersionRow.revision_id,
+        ApplicationVersionRow.last_updated_at,
+        ApplicationVersionRow.spec,
+    )
+    .join(ApplicationVersionRow, ApplicationVersionRow.application_id == ApplicationRow.id)
+    .where(ApplicationRow.arn == bindparam("arn"), ApplicationVersionRow.version == bindparam("version"))
+)
+_EXISTS = select(ApplicationRow.account_id, ApplicationRow.region, ApplicationRow.kind).where(
+    ApplicationRow.arn == bindparam("arn")
+)
+
+
+def describe_row(connection: Connection, arn: str, version: str) -> Row | None:
+    """One application version with its application's columns, in one statement (the Describe path)."""
+    return connection.execute(_DESCRIBE, {"arn": arn, "version": version}).first()
+
+
+def application_identity(connection: Connection, arn: str) -> Row | None:
+    return connection.execute(_EXISTS, {"arn": arn}).first()

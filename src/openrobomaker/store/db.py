@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -34,8 +35,10 @@ def _tune_sqlite(engine: Engine) -> None:
     def _begin(conn):  # pragma: no cover
         # Writers take the lock at BEGIN so read-then-write transactions never dead-end in SQLITE_BUSY;
         # readers stay deferred so they run beside each other and beside the writer (WAL).
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("sqlite_statement_snapshots"):
+            return  # a hot read path: each statement reads its own consistent snapshot
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
 class Database:
@@ -53,6 +56,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_writer = threading.RLock()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; safe to run on every start and from several replicas."""
@@ -66,10 +70,23 @@ class Database:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed when the block ends, rolled back (nothing half-written) on error."""
-        with self._sessions() as session, session.begin():
-            if self.is_sqlite:
-                session.connection(execution_options={"sqlite_immediate": True})
+        if not self.is_sqlite:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        # SQLite has one writer; queueing this process's writers on a lock avoids SQLite's busy handler,
+        # which sleeps with back-off (seconds of tail latency under concurrent creates).
+        with self._sqlite_writer, self._sessions() as session, session.begin():
+            session.connection(execution_options={"sqlite_immediate": True})
             yield session
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A read-only Core connection for hot paths (Describe), without the ORM's per-row cost."""
+        with self.engine.connect() as connection:
+            if self.is_sqlite:
+                connection.execution_options(sqlite_statement_snapshots=True)
+            yield connection
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

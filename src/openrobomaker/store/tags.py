@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, delete, select
+from sqlalchemy import String, bindparam, delete, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -16,11 +17,11 @@ class TagRow(Base):
     value: Mapped[str] = mapped_column(String(256))
 
 
-def get_tags(session: Session, arn: str) -> dict[str, str]:
-    rows = session.execute(
-        select(TagRow.key, TagRow.value).where(TagRow.resource_arn == arn).order_by(TagRow.key)
-    )
-    return {key: value for key, value in rows}
+_TAGS = select(TagRow.key, TagRow.value).where(TagRow.resource_arn == bindparam("arn")).order_by(TagRow.key)
+
+
+def get_tags(session: Session | Connection, arn: str) -> dict[str, str]:
+    return {key: value for key, value in session.execute(_TAGS, {"arn": arn})}
 
 
 def put_tags(session: Session, arn: str, tags: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ Config file (all keys optional):
     limits:
       concurrent_simulation_jobs: 10  # per account (RoboMaker's quota)
       active_simulation_job_batches: 5
-      simulation_units: 15            # host capacity of the local executor
+      simulation_units: 60            # host capacity of the local executor
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ConfiguredCredential:
 class Limits:
     concurrent_simulation_jobs: int = 20
     active_simulation_job_batches: int = 5
-    simulation_units: int = 15
+    simulation_units: int = 60  # four jobs at RoboMaker's default simulationUnitLimit of 15
     application_versions: int = 40
     fleets: int = 20
     concurrent_deployment_jobs: int = 20

@@ -53,9 +53,14 @@ class SimulationJobController(Controller):
             ]
         capacity = self.platform.settings.limits.simulation_units
         in_use = sum(units for _, _, handle, units in active if handle is not None)
+        blocked = False
         for job_id, status, handle, units in active:
             if handle is None:
-                if status == "Pending" and in_use + units <= capacity and self._admit(job_id):
+                if status != "Pending" or blocked or units > capacity:
+                    continue
+                if in_use + units > capacity:
+                    blocked = True  # strict first-in first-out: the oldest waiting job keeps its place
+                elif self._admit(job_id):
                     in_use += units
             elif handle == STARTING:
                 self._recover_start(job_id)

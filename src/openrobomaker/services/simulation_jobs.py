@@ -442,6 +442,7 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
         action = "none" if finished else _action_for(job)
     if finished:
         platform.notify("simulation_jobs")
+        platform.notify("simulation_batches")
     return {"action": action}
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +52,8 @@ class SimulatedAgent:
         self.current: str | None = None
         self.seq = 0
         self.stop = False
+        # this agent's clock (time.time()) at each step of its last deployment: where the time goes
+        self.marks: dict[str, float] = {}
 
     def _headers(self, method: str, url: str, body: bytes) -> dict:
         c = self.creds
@@ -79,10 +82,13 @@ class SimulatedAgent:
             "GET", url, headers=self._headers("GET", url, b""), timeout=120
         ) as response:
             response.raise_for_status()
+            self.marks["headers"] = time.time()
             with open(self.work / "bundle", "wb") as out:
                 async for chunk in response.aiter_bytes(1024 * 1024):
+                    self.marks.setdefault("first_byte", time.time())
                     out.write(chunk)
                     digest.update(chunk)
+            self.marks["downloaded"] = time.time()
             return response.headers["etag"].strip('"'), digest.hexdigest()
 
     async def run(self) -> None:
@@ -99,11 +105,67 @@ class SimulatedAgent:
                 continue
             job_id = deployment["jobId"]
             self.current = job_id
+            self.marks = {"assigned": time.time()}
             await self._report(job_id, "Validating")
+            self.marks["validating_acked"] = time.time()
             etag, md5 = await self._download(job_id)
             ok = etag == md5 == deployment["source"]["etag"]
             outcome = {"outcome": "Succeeded"} if ok else {"outcome": "Failed", "failureCode": "EtagMismatch"}
+            self.marks["finished_sent"] = time.time()
             await self._report(job_id, "Finished", **outcome)
+            self.marks["finished_acked"] = time.time()
+
+
+def _stats(values: list[float]) -> str:
+    values = sorted(values)
+    if not values:
+        return "-"
+    return f"{values[0]:.2f}/{statistics.median(values):.2f}/{values[-1]:.2f}"
+
+
+def wave_breakdown(summary: list[dict], agents: list[SimulatedAgent]) -> list[dict]:
+    """Per wave, from the server's robot deployment times and the agents' own clocks (same machine)."""
+    marks = {agent.creds["robotArn"]: agent.marks for agent in agents}
+    waves: dict[float, list[dict]] = {}
+    for entry in summary:
+        waves.setdefault(entry["deploymentStartTime"].timestamp(), []).append(entry)
+    rows, previous_end = [], None
+    for start in sorted(waves):
+        entries = waves[start]
+        m = [marks[e["arn"]] for e in entries]
+        end = max(e["deploymentFinishTime"].timestamp() for e in entries)
+        finish = {e["arn"]: e["deploymentFinishTime"].timestamp() for e in entries}
+        rows.append(
+            {
+                "robots": len(entries),
+                "gap": None if previous_end is None else start - previous_end,
+                "assigned": [x["assigned"] - start for x in m],
+                "validating": [x["validating_acked"] - x["assigned"] for x in m],
+                "first_byte": [x["first_byte"] - start for x in m],
+                "download": [x["downloaded"] - x["first_byte"] for x in m],
+                "report": [finish[e["arn"]] - marks[e["arn"]]["finished_sent"] for e in entries],
+                "ack": [x["finished_acked"] - x["finished_sent"] for x in m],
+                "duration": end - start,
+            }
+        )
+        previous_end = end
+    return rows
+
+
+def print_breakdown(rows: list[dict]) -> None:
+    print("per wave (seconds, min/median/max over the wave's robots):")
+    print(
+        "wave robots  gap-before  start->assigned   Validating-rtt    start->1st-byte   download"
+        "          Finished->recorded  Finished-rtt      wave"
+    )
+    for index, row in enumerate(rows):
+        gap = "-" if row["gap"] is None else f"{row['gap']:.2f}"
+        print(
+            f"{index:>4} {row['robots']:>6}  {gap:>10}  {_stats(row['assigned']):<16}  "
+            f"{_stats(row['validating']):<16}  {_stats(row['first_byte']):<16}  "
+            f"{_stats(row['download']):<16}  {_stats(row['report']):<18}  {_stats(row['ack']):<16}  "
+            f"{row['duration']:.2f}"
+        )
 
 
 def ideal_copy(source: Path, dest_root: Path, copies: int, parallel: int) -> float:
@@ -144,6 +206,7 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
         await asyncio.sleep(3)  # every agent connected and long-polling
         idle_rss = rss_kib(pid)
+        server_cpu, bench_cpu = cpu_seconds(pid), time.process_time()
         started = time.perf_counter()
         job = rm.create_deployment_job(
             fleet=fleet,
@@ -162,6 +225,8 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
         ):
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - started
+        server_cpu, bench_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - bench_cpu
+        waves = wave_breakdown(described["robotDeploymentSummary"], agents)
         await asyncio.sleep(3)
         cpu_before, t_before = cpu_seconds(pid), time.perf_counter()
         await asyncio.sleep(10)
@@ -180,6 +245,9 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
         "idle_after_rss_kib": idle_after_rss,
         "idle_cpu_fraction": idle_cpu,
         "insync": sum(r["status"] == "InSync" for r in described["robotDeploymentSummary"]),
+        "server_cpu": server_cpu,
+        "bench_cpu": bench_cpu,
+        "waves": waves,
     }
 
 
@@ -220,6 +288,11 @@ def main() -> int:
         print(f"deployment: {result['status']} ({result['insync']} InSync) in {result['seconds']:.2f} s")
         print(f"ideal copy {args.robots}x with parallelism {parallel}: {ideal:.2f} s")
         print(f"ratio deployment / ideal: {result['seconds'] / ideal:.2f} (target <= 1.5)")
+        print(
+            f"CPU during the deployment: server {result['server_cpu']:.1f} s, simulated agents (this "
+            f"process) {result['bench_cpu']:.1f} s, over {result['seconds']:.1f} s on {os.cpu_count()} cores"
+        )
+        print_breakdown(result["waves"])
         print(
             f"server RSS: {result['baseline_rss_kib'] / 1024:.1f} MiB before agents, "
             f"{result['idle_rss_kib'] / 1024:.1f} MiB with {args.robots} idle agents connected "

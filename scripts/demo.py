@@ -31,8 +31,12 @@ DURATION = int(os.environ.get("DEMO_DURATION", "30"))
 def start_server() -> subprocess.Popen:
     DATA.mkdir(parents=True, exist_ok=True)
     log = open(DATA / "server.log", "ab")  # noqa: SIM115 - handed to the child, closed with it
-    server = subprocess.Popen([*CLI, "serve", "--data-dir", str(DATA), "--port", str(PORT)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [*CLI, "serve", "--data-dir", str(DATA), "--port", str(PORT)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     for _ in range(300):
         try:
             if httpx.get(f"{ENDPOINT}/health", timeout=1).status_code == 200:
@@ -43,27 +47,36 @@ def start_server() -> subprocess.Popen:
 
 
 def upload_bundles() -> None:
+    # The job writes its logs and bags here, as into an S3 bucket the user made beforehand.
+    subprocess.run([*CLI, "s3", "mb", "s3://demo-output", "--data-dir", str(DATA)], check=True)
     out = DATA / "bundles"
     subprocess.run([str(ROOT / "examples" / "build_bundles.sh"), str(out)], check=True)
     for name in ("sim_world.tar.gz", "robot_controller.tar.gz"):
-        subprocess.run([*CLI, "s3", "cp", str(out / name), f"s3://demo-bundles/{name}", "--data-dir", str(DATA)],
-                       check=True)
+        subprocess.run(
+            [*CLI, "s3", "cp", str(out / name), f"s3://demo-bundles/{name}", "--data-dir", str(DATA)],
+            check=True,
+        )
 
 
 def create_applications(rm) -> tuple[str, str]:
     suite = {"name": "ROS", "version": "Melodic"}
-    for app in rm.list_robot_applications(filters=[{"name": "name", "values": ["demo-robot"]}])["robotApplicationSummaries"]:
+    for app in rm.list_robot_applications(filters=[{"name": "name", "values": ["demo-robot"]}])[
+        "robotApplicationSummaries"
+    ]:
         rm.delete_robot_application(application=app["arn"])
     for app in rm.list_simulation_applications(filters=[{"name": "name", "values": ["demo-world"]}])[
         "simulationApplicationSummaries"
     ]:
         rm.delete_simulation_application(application=app["arn"])
     robot = rm.create_robot_application(
-        name="demo-robot", robotSoftwareSuite=suite,
+        name="demo-robot",
+        robotSoftwareSuite=suite,
         sources=[{"s3Bucket": "demo-bundles", "s3Key": "robot_controller.tar.gz", "architecture": "X86_64"}],
     )
     sim = rm.create_simulation_application(
-        name="demo-world", robotSoftwareSuite=suite, simulationSoftwareSuite={"name": "Gazebo", "version": "9"},
+        name="demo-world",
+        robotSoftwareSuite=suite,
+        simulationSoftwareSuite={"name": "Gazebo", "version": "9"},
         renderingEngine={"name": "OGRE", "version": "1.x"},
         sources=[{"s3Bucket": "demo-bundles", "s3Key": "sim_world.tar.gz", "architecture": "X86_64"}],
     )
@@ -78,12 +91,24 @@ def run_job(rm, robot: str, sim: str) -> dict:
         iamRole="arn:aws:iam::000000000000:role/DemoSimulationRole",
         outputLocation={"s3Bucket": "demo-output", "s3Prefix": "runs"},
         loggingConfig={"recordAllRosTopics": True},
-        robotApplications=[{"application": robot_arn, "applicationVersion": robot_version,
-                            "launchConfig": {"packageName": "robot_controller", "launchFile": "controller.launch",
-                                             "environmentVariables": {"DEMO": "1"}, "streamUI": False}}],
-        simulationApplications=[{"application": sim,
-                                 "launchConfig": {"packageName": "sim_world", "launchFile": "world.launch",
-                                                  "streamUI": False}}],
+        robotApplications=[
+            {
+                "application": robot_arn,
+                "applicationVersion": robot_version,
+                "launchConfig": {
+                    "packageName": "robot_controller",
+                    "launchFile": "controller.launch",
+                    "environmentVariables": {"DEMO": "1"},
+                    "streamUI": False,
+                },
+            }
+        ],
+        simulationApplications=[
+            {
+                "application": sim,
+                "launchConfig": {"packageName": "sim_world", "launchFile": "world.launch", "streamUI": False},
+            }
+        ],
         tags={"demo": "quickstart"},
     )
     print(f"created {job['arn']} ({job['status']})")
@@ -111,10 +136,14 @@ def main() -> int:
         rm = boto3.client("robomaker", endpoint_url=ENDPOINT, region_name="us-east-1")
         robot, sim = create_applications(rm)
         job = run_job(rm, robot, sim)
-        print(f"job ended {job['status']}" + (f" ({job.get('failureCode')}: {job.get('failureReason')})"
-                                              if job.get("failureCode") else ""))
+        print(
+            f"job ended {job['status']}"
+            + (f" ({job.get('failureCode')}: {job.get('failureReason')})" if job.get("failureCode") else "")
+        )
         output = DATA / "objects" / "demo-output"
-        files = sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file() and ".openrobomaker" not in str(p))
+        files = sorted(
+            p.relative_to(output) for p in output.rglob("*") if p.is_file() and ".openrobomaker" not in str(p)
+        )
         print("output files:")
         for path in files:
             print(f"  s3://demo-output/{path}")

@@ -206,6 +206,16 @@ def wait_for_job(rm, job_arn: str, statuses=("Succeeded", "Failed", "Canceled"),
         time.sleep(0.3)
 
 
+def wait_until(condition, timeout: float = 120, interval: float = 0.3, what: str = "the condition"):
+    """Poll `condition()` until it returns something truthy (returned); a generous deadline, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(interval)
+    return value
+
+
 def job_id(arn: str) -> str:
     return arn.rsplit("/", 1)[1]
 

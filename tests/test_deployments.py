@@ -19,6 +19,7 @@ from deploy_helpers import (
     robot_credentials,
     signed_post,
     wait_for_job,
+    wait_until,
 )
 from helpers import running_server
 
@@ -195,19 +196,38 @@ def test_sync_after_adding_a_robot_and_cancel(env):
         assert [r["arn"] for r in done["robotDeploymentSummary"]] == [late]
         assert rm.describe_robot(robot=late)["status"] == "InSync"
 
-        # cancel: one robot per wave, cancel once the first has started; the rest never start
+        # cancel: one robot per wave, cancel while the first robot deploys; the rest never start
         for index in range(2):
             agents.append(add_robot(server, rm, tmp, fleet, f"sync-c{index}"))
-        job = deploy(rm, fleet, {**env["app"], "_configs": app_config(env["app"], environmentVariables={"PRE_SLEEP": "2"})},
-                     concurrentDeploymentPercentage=25)  # fmt: skip
+        before = {a.robot_arn: rm.describe_robot(robot=a.robot_arn)["status"] for a in agents}
+        configs = app_config(env["app"], environmentVariables={"PRE_SLEEP": "5"})
+        job = deploy(rm, fleet, {**env["app"], "_configs": configs}, concurrentDeploymentPercentage=25)
         wait_for_job(rm, job, statuses=("InProgress",))
         rm.cancel_deployment_job(job=job)
         described = wait_for_job(rm, job)
         assert described["status"] == "Canceled"
-        time.sleep(8)  # the robot already deploying finishes its deployment
-        entries = rm.describe_deployment_job(job=job)["robotDeploymentSummary"]
-        assert sorted(e["status"] for e in entries).count("InSync") == 1
-        assert sum(e.get("failureCode") == "RobotDeploymentAborted" for e in entries) == 3
+        started = [e for e in described["robotDeploymentSummary"] if e.get("deploymentStartTime")]
+        assert len(started) == 1, described  # canceled during the first wave (its pre-launch sleeps 5 s)
+        first = started[0]["arn"]
+
+        # the robot already deploying finishes its deployment: wait for it, not for a fixed time
+        def first_robot_done():
+            entries = rm.describe_deployment_job(job=job)["robotDeploymentSummary"]
+            return entries if all(e["status"] != "Deploying" for e in entries) else None
+
+        entries = wait_until(first_robot_done, timeout=120, what=f"{first} to finish deploying")
+        by_robot = {e["arn"]: e for e in entries}
+        assert by_robot[first]["status"] == "InSync", by_robot[first]
+        assert by_robot[first]["progressDetail"]["currentProgress"] == "Finished"
+        aborted = [e for e in entries if e.get("failureCode") == "RobotDeploymentAborted"]
+        assert len(aborted) == 3 and {e["status"] for e in aborted} == {"Failed"}
+        assert rm.describe_deployment_job(job=job)["status"] == "Canceled"
+        assert rm.describe_robot(robot=first)["status"] == "InSync"
+        for agent in agents:
+            if agent.robot_arn != first:
+                # never started: no report for the job, and the robot has its status from before the job
+                assert agent.reports(job_id(job)) == []
+                assert rm.describe_robot(robot=agent.robot_arn)["status"] == before[agent.robot_arn]
 
 
 def test_server_restart_mid_rollout(env):

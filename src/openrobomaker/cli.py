@@ -60,6 +60,17 @@ def cmd_s3_cp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_s3_mb(args: argparse.Namespace) -> int:
+    from openrobomaker.objectstore import open_store
+
+    bucket = args.bucket.removeprefix("s3://").rstrip("/")
+    if not bucket or "/" in bucket:
+        raise ValueError(f"{args.bucket!r} is not of the form s3://bucket")
+    open_store(_settings_from(args).resolved_object_store).create_bucket(bucket)
+    print(f"make_bucket: {bucket}")
+    return 0
+
+
 def cmd_model_export(args: argparse.Namespace) -> int:
     from openrobomaker.api.definitions import load_definitions
 
@@ -90,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(cp)
     cp.set_defaults(func=cmd_s3_cp)
 
+    mb = s3_commands.add_parser("mb", help="create a bucket in the configured object store")
+    mb.add_argument("bucket", help="s3://bucket")
+    _add_store_options(mb)
+    mb.set_defaults(func=cmd_s3_mb)
+
     model = commands.add_parser("model", help="the API model")
     model_commands = model.add_subparsers(dest="model_command", required=True)
     export = model_commands.add_parser("export", help="write a botocore model directory for AWS_DATA_PATH")
@@ -115,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "httpx", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, ValueError, OSError, ObjectStoreError) as exc:

@@ -26,6 +26,10 @@ POLL_WAIT_SECONDS = 20.0
 RETRY_MAX_SECONDS = 5.0
 
 
+class _Interrupted(BaseException):
+    """Raised by the stop signal handler to end a long poll at once instead of after its wait."""
+
+
 class ReportSender(threading.Thread):
     """Delivers queued reports oldest first; a report leaves the outbox only once the server took it."""
 
@@ -73,6 +77,7 @@ class Agent:
         self.work = WorkDir(work_dir)
         self.client = AgentClient(endpoint, creds)
         self.stopping = threading.Event()
+        self._polling = False  # the main thread is in a long poll, which a stop signal may interrupt
         self.sender = ReportSender(self.work, self.client, self.stopping)
         self.supervisor = Supervisor(self._app_event, self._app_process)
         self.deployer = Deployer(self.work, self.client, self.supervisor, self.report, self._is_abandoned)
@@ -116,7 +121,9 @@ class Agent:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                answer = self.client.poll(self._current_job(), POLL_WAIT_SECONDS)
+                answer = self._poll()
+            except _Interrupted:
+                break
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 log.info("server not reachable (%s); retrying", type(exc).__name__)
                 self.stopping.wait(delay)
@@ -134,12 +141,25 @@ class Agent:
                 self.deployer.run(deployment)
         self.supervisor.shutdown()
 
+    def _poll(self) -> dict[str, Any]:
+        try:
+            self._polling = True
+            if self.stopping.is_set():
+                raise _Interrupted
+            return self.client.poll(self._current_job(), POLL_WAIT_SECONDS)
+        finally:
+            self._polling = False
+
     def _current_job(self) -> str | None:
         handled = self.work.state["handled"]
         return handled[-1] if handled else None
 
     def stop(self, *_args) -> None:
+        """Signal handler (main thread): a deployment in progress runs to its end first; a long poll is
+        cut short, so an idle agent exits at once instead of after up to POLL_WAIT_SECONDS."""
         self.stopping.set()
+        if self._polling:
+            raise _Interrupted
 
 
 def run_agent(endpoint: str | None, credentials_path: Path, work_dir: Path) -> int:

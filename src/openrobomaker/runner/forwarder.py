@@ -136,10 +136,9 @@ def serve_tcp_to_unix(port: int, socket_path: str) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "tcp-to-unix":
-        try:
+        # The runner stops it with SIGINT when the job ends: a normal exit, not a traceback.
+        with contextlib.suppress(KeyboardInterrupt):
             serve_tcp_to_unix(int(argv[1]), argv[2])
-        except KeyboardInterrupt:  # the runner stops it with SIGINT when the job ends: a normal exit
-            pass
         return 0
     print("usage: forwarder.py tcp-to-unix PORT SOCKET", file=sys.stderr)
     return 2

@@ -46,12 +46,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+RETRIES = 10
+
+
 class SimulatedAgent:
+    """One robot's agent, as the real one behaves on the wire: reports are retried until the server took
+    them (the real agent's outbox) and an interrupted download resumes with a Range request."""
+
     def __init__(self, http: httpx.AsyncClient, endpoint: str, creds: dict, work: Path):
         self.http, self.endpoint, self.creds, self.work = http, endpoint, creds, work
         self.current: str | None = None
         self.seq = 0
         self.stop = False
+        self.errors: list[str] = []  # transport errors / 5xx retried, for the report
         # this agent's clock (time.time()) at each step of its last deployment: where the time goes
         self.marks: dict[str, float] = {}
 
@@ -59,7 +66,7 @@ class SimulatedAgent:
         c = self.creds
         return sign(method, url, body, c["accessKeyId"], c["secretAccessKey"], c["region"])
 
-    async def _post(self, path: str, payload: dict, timeout: float = 30) -> dict:
+    async def _post_once(self, path: str, payload: dict, timeout: float) -> dict:
         url = self.endpoint + path
         body = json.dumps({"robot": self.creds["robotArn"], **payload}).encode()
         response = await self.http.post(
@@ -68,9 +75,24 @@ class SimulatedAgent:
         response.raise_for_status()
         return response.json()
 
+    async def _retrying(self, attempt_once, what: str):
+        for attempt in range(RETRIES + 1):
+            try:
+                return await attempt_once()
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code < 500 and exc.response.status_code != 429:
+                    raise
+                error = exc
+            except httpx.TransportError as exc:
+                error = exc
+            self.errors.append(f"{what}: {error!r}")
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        raise RuntimeError(f"{self.creds['robotArn']}: {what} kept failing: {self.errors[-3:]}")
+
     async def _report(self, job_id: str, step: str, **fields) -> None:
         self.seq += 1
-        await self._post("/_agent/v1/report", {"jobId": job_id, "seq": self.seq, "step": step, **fields})
+        payload = {"jobId": job_id, "seq": self.seq, "step": step, **fields}
+        await self._retrying(lambda: self._post_once("/_agent/v1/report", payload, 30), f"report {step}")
 
     async def _download(self, job_id: str) -> tuple[str, str]:
         from urllib.parse import quote, urlencode
@@ -78,26 +100,36 @@ class SimulatedAgent:
         query = urlencode({"robot": self.creds["robotArn"], "jobId": job_id}, quote_via=quote, safe="")
         url = f"{self.endpoint}/_agent/v1/bundle?{query}"
         digest = hashlib.md5(usedforsecurity=False)
-        async with self.http.stream(
-            "GET", url, headers=self._headers("GET", url, b""), timeout=120
-        ) as response:
-            response.raise_for_status()
-            self.marks["headers"] = time.time()
-            with open(self.work / "bundle", "wb") as out:
-                async for chunk in response.aiter_bytes(1024 * 1024):
-                    self.marks.setdefault("first_byte", time.time())
-                    out.write(chunk)
-                    digest.update(chunk)
-            self.marks["downloaded"] = time.time()
-            return response.headers["etag"].strip('"'), digest.hexdigest()
+        received, etag = 0, ""
+
+        async def once() -> None:
+            nonlocal received, etag
+            headers = self._headers("GET", url, b"")
+            if received:
+                headers["Range"] = f"bytes={received}-"
+            async with self.http.stream("GET", url, headers=headers, timeout=120) as response:
+                response.raise_for_status()
+                self.marks.setdefault("headers", time.time())
+                etag = response.headers["etag"].strip('"')
+                with open(self.work / "bundle", "ab" if received else "wb") as out:
+                    async for chunk in response.aiter_bytes(1024 * 1024):
+                        self.marks.setdefault("first_byte", time.time())
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+
+        await self._retrying(once, "download")
+        self.marks["downloaded"] = time.time()
+        return etag, digest.hexdigest()
 
     async def run(self) -> None:
         while not self.stop:
             try:
-                answer = await self._post(
+                answer = await self._post_once(
                     "/_agent/v1/poll", {"current": self.current, "wait": 20}, timeout=40
                 )
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                self.errors.append(f"poll: {exc!r}")
                 await asyncio.sleep(1)
                 continue
             deployment = answer.get("deployment")
@@ -178,7 +210,7 @@ def ideal_copy(source: Path, dest_root: Path, copies: int, parallel: int) -> flo
     return time.perf_counter() - started
 
 
-async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
+async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline: float) -> dict:
     store = open_store(ObjectStoreConfig(kind="local", root=str(server.data_dir / "objects")))
     app = rm.list_robot_applications()["robotApplicationSummaries"][0]["arn"]
     fleet = rm.list_fleets()["fleetDetails"][0]["arn"]
@@ -223,6 +255,13 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
             "Succeeded",
             "Failed",
         ):
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    raise RuntimeError("a simulated agent died") from task.exception()
+            if time.perf_counter() - started > deadline:
+                states = [r["status"] for r in described["robotDeploymentSummary"]]
+                counts = {state: states.count(state) for state in set(states)}
+                raise TimeoutError(f"the deployment did not end within {deadline} s: {counts}")
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - started
         server_cpu, bench_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - bench_cpu
@@ -248,6 +287,7 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path) -> dict:
         "server_cpu": server_cpu,
         "bench_cpu": bench_cpu,
         "waves": waves,
+        "errors": [error for agent in agents for error in agent.errors],
     }
 
 
@@ -258,6 +298,7 @@ def main() -> int:
     parser.add_argument("--robots", type=int, default=200)
     parser.add_argument("--size-mb", type=int, default=20)
     parser.add_argument("--percentage", type=int, default=25)
+    parser.add_argument("--deadline", type=float, default=600, help="give up on the deployment after this")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="orm-deploy-bench-"))
     try:
@@ -279,7 +320,9 @@ def main() -> int:
             rm.create_robot_application_version(application=app["arn"])
             rm.create_fleet(name="bench")
             (work / "agents").mkdir()
-            result = asyncio.run(deploy(server, rm, args.robots, args.percentage, work / "agents"))
+            result = asyncio.run(
+                deploy(server, rm, args.robots, args.percentage, work / "agents", args.deadline)
+            )
         copies = work / "copies"
         copies.mkdir()
         ideal = ideal_copy(bundle, copies, args.robots, parallel)
@@ -293,6 +336,8 @@ def main() -> int:
             f"process) {result['bench_cpu']:.1f} s, over {result['seconds']:.1f} s on {os.cpu_count()} cores"
         )
         print_breakdown(result["waves"])
+        errors = result["errors"]
+        print(f"agent requests retried: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
         print(
             f"server RSS: {result['baseline_rss_kib'] / 1024:.1f} MiB before agents, "
             f"{result['idle_rss_kib'] / 1024:.1f} MiB with {args.robots} idle agents connected "

@@ -107,7 +107,7 @@ try:
     if exit_after:
         while not rospy.is_shutdown() and time.time() < first + exit_after:
             time.sleep(0.05)
-        stamp(".done")
+        stamp(".done", "%.6f\\n" % time.time())
         sys.exit(0)
     rospy.spin()
 except rospy.ROSInterruptException:
@@ -198,9 +198,9 @@ def own_cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-def read_stamp(stamp_dir: Path, run: str) -> float | None:
+def read_stamp(stamp_dir: Path, run: str, suffix: str = ".first") -> float | None:
     try:
-        return float((stamp_dir / f"{run}.first").read_text())
+        return float((stamp_dir / f"{run}{suffix}").read_text())
     except (OSError, ValueError):
         return None
 
@@ -467,6 +467,8 @@ def run_throughput(server, app_arn: str, jobs: int, seconds: float, stamp_dir: P
         first_message = read_stamp(stamp_dir, job_id_of(arn))
         timeline["running"] = seen[arn]["Running"] - t0 if "Running" in seen[arn] else None
         timeline["first_message"] = first_message - t0 if first_message else None
+        node_exit = read_stamp(stamp_dir, job_id_of(arn), ".done")
+        timeline["node_exit"] = node_exit - t0 if node_exit else None
         timeline["wall"] = seen[arn][final[arn]["status"]] - t0 if arn in final else None
         timelines.append(timeline)
     failures = count(
@@ -529,13 +531,15 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 # --- report ----------------------------------------------------------------------------------------------
 
 
-def spans(jobs: list[dict], a: str | None, b: str) -> list[float]:
-    """Per job: seconds from event a (None: the create call) to event b."""
-    return [
-        j[b] - (j[a] if a else 0.0)
-        for j in jobs
-        if (a is None or j.get(a) is not None) and j.get(b) is not None
-    ]
+def spans(jobs: list[dict], a: str | tuple[str, ...] | None, b: str) -> list[float]:
+    """Per job: seconds from event a (None: the create call; a tuple: the first of them the job has) to b."""
+    out = []
+    for job in jobs:
+        starts = [0.0] if a is None else [job.get(k) for k in ((a,) if isinstance(a, str) else a)]
+        start = next((v for v in starts if v is not None), None)
+        if start is not None and job.get(b) is not None:
+            out.append(job[b] - start)
+    return out
 
 
 PHASES = (
@@ -562,8 +566,14 @@ PHASES = (
 )
 AFTER_RUNNING = (
     ("launch", "running", "first_message", "roslaunch + node start-up, until the first publish"),
-    ("max duration", "log_app_spawned", "log_max_duration", "the job's maxJobDurationInSeconds"),
-    ("stop application", "log_max_duration", "log_app_stopped", "SIGINT to roslaunch, wait for every node"),
+    ("max duration", "log_app_spawned", "log_max_duration", "the job's maxJobDurationInSeconds (part 1)"),
+    ("node works", "first_message", "node_exit", "node publishes, exits 0 after its time (part 3)"),
+    (
+        "stop application",
+        ("log_max_duration", "node_exit"),
+        "log_app_stopped",
+        "SIGINT to roslaunch (1) / node exited (3) → launcher and every node gone",
+    ),
     (
         "stop infrastructure",
         "log_app_stopped",

@@ -328,6 +328,10 @@ class JobRun:
             python_path=[messages.python_path],
             run_marker=self.run_marker,
         )
+        if not self._runs_ros1():
+            # General / SimulationRuntime / ROS 2 applications: no ROS 1 master, services node or bag to
+            # start, which is most of a short job's cost.
+            return
         self._start_master()
         self.infra.service_node = self._spawn_infra(
             "robomaker_simulation_service",
@@ -346,6 +350,9 @@ class JobRun:
                 ],
                 base_environment(self.layout, self.context),
             )
+
+    def _runs_ros1(self) -> bool:
+        return any(app.spec.software_suite.name == "ROS" for app in self.apps)
 
     def _mount_data_sources(self) -> str:
         assert self.isolation is not None

@@ -30,7 +30,13 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 
+missing=""
+for pkg in $PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+[ -z "$missing" ] && exit 0  # everything is there: no network, no apt lock
+
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 # shellcheck disable=SC2086  # the list is meant to be split into words
-$SUDO apt-get install -y --no-install-recommends $PACKAGES
+$SUDO apt-get install -y --no-install-recommends $missing

@@ -198,6 +198,33 @@ def own_cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+MARKER_VAR = "ORM_SIM_JOB_BENCH_RUN"  # in every bare launch's environment, inherited by what it starts
+
+
+def processes_mentioning(needle: bytes, where: tuple[str, ...] = ("environ",)) -> list[int]:
+    """Pids (not this one) whose /proc/<pid>/<file> contains needle, for one of the files in `where`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        for name in where:
+            try:
+                with open(f"/proc/{entry}/{name}", "rb") as fh:
+                    if needle in fh.read():
+                        found.append(int(entry))
+                        break
+            except OSError:
+                continue
+    return found
+
+
+def kill_all(pids: list[int]) -> int:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def read_stamp(stamp_dir: Path, run: str, suffix: str = ".first") -> float | None:
     try:
         return float((stamp_dir / f"{run}{suffix}").read_text())
@@ -380,6 +407,7 @@ def start_bare(root: Path, run: str, launch_file: str, stamp_dir: Path, extra_en
         "ROS_PACKAGE_PATH": str(root / "packages"),
         "BENCH_STAMP_DIR": str(stamp_dir),
         "BENCH_RUN_ID": run,
+        MARKER_VAR: f"{os.getpid()}-{run}",
         **(extra_env or {}),
     }
     log = open(home / "roslaunch.log", "wb")  # noqa: SIM115 - closed by stop_bare
@@ -395,8 +423,10 @@ def start_bare(root: Path, run: str, launch_file: str, stamp_dir: Path, extra_en
     return process, log
 
 
-def stop_bare(process: subprocess.Popen, log, timeout: float = 30.0) -> None:
-    """Ctrl-C: roslaunch stops its nodes, then rosout and the master it started."""
+def stop_bare(process: subprocess.Popen, log, timeout: float = 30.0) -> tuple[float, int]:
+    """Ctrl-C: roslaunch stops its nodes, then rosout and the master it started. Then SIGKILL whatever of
+    this launch is left (a Ctrl-C during roslaunch's start-up leaves its master behind).
+    Returns when roslaunch had exited, and how many processes were left."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     try:
@@ -405,22 +435,29 @@ def stop_bare(process: subprocess.Popen, log, timeout: float = 30.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
+    ended = time.time()
     log.close()
+    run = Path(log.name).parent.name
+    return ended, kill_all(processes_mentioning(f"{MARKER_VAR}={os.getpid()}-{run}\0".encode()))
 
 
-def run_bare(root: Path, index: int, duration: int, stamp_dir: Path, cpu: CpuGroup) -> dict:
-    run = f"bare-{index}"
+def run_bare(root: Path, run: str, duration: float | None, stamp_dir: Path, cpu: CpuGroup) -> dict:
+    """One launch: Ctrl-C `duration` s after its start (None: once its node has published)."""
     t0 = time.time()
     process, log = start_bare(root, run, "talker.launch", stamp_dir)
     cpu.add(process.pid)  # roslaunch is still importing; everything it starts inherits the group
-    time.sleep(max(0.0, t0 + duration - time.time()))
+    if duration is None:
+        while read_stamp(stamp_dir, run) is None and time.time() < t0 + 30:
+            time.sleep(0.05)
+    else:
+        time.sleep(max(0.0, t0 + duration - time.time()))
     interrupted = time.time()
-    stop_bare(process, log)
-    end = time.time()
+    end, leftovers = stop_bare(process, log)
     first_message = read_stamp(stamp_dir, run)
     return {
         "run": run,
         "exit": process.returncode,
+        "leftovers": leftovers,
         "first_message": first_message - t0 if first_message else None,
         "stop": end - interrupted,
         "wall": end - t0,
@@ -446,20 +483,30 @@ def run_throughput(server, app_arn: str, jobs: int, seconds: float, stamp_dir: P
     submitted = time.time()
     seen: dict[str, dict[str, float]] = {arn: {} for arn in arns}
     final: dict[str, dict] = {}
+    polls: list[float] = []
     while len(final) < jobs and time.time() < t0 + timeout:
         pending = [arn for arn in arns if arn not in final]
         for start in range(0, len(pending), 100):
+            asked = time.time()
             answer = rm.batch_describe_simulation_job(jobs=pending[start : start + 100])
             now = time.time()
+            polls.append(now - asked)
             for job in answer["jobs"]:
                 seen[job["arn"]].setdefault(job["status"], now)
                 if job["status"] in TERMINAL:
                     final[job["arn"]] = job
         time.sleep(THROUGHPUT_POLL_SECONDS)
     unfinished = [arn for arn in arns if arn not in final]
+    not_in_budget = len(unfinished)
     for arn in unfinished:
         with contextlib.suppress(Exception):
             rm.cancel_simulation_job(job=arn)
+    drain_until = time.time() + 25  # cancelled jobs end before the server stops: no runner left behind
+    while unfinished and time.time() < drain_until:
+        time.sleep(0.5)
+        answer = rm.batch_describe_simulation_job(jobs=unfinished)
+        ended = {job["arn"] for job in answer["jobs"] if job["status"] in TERMINAL}
+        unfinished = [arn for arn in unfinished if arn not in ended]
     rows = [db_row(server, job_id_of(arn)) for arn in arns]
     timelines = []
     for arn in arns:
@@ -480,8 +527,11 @@ def run_throughput(server, app_arn: str, jobs: int, seconds: float, stamp_dir: P
         "jobs": jobs,
         "submit": submitted - t0,
         "wall": max(t["wall"] for t in timelines if t["wall"] is not None) if final else None,
+        "server_wall": max((t["db_ended"] for t in timelines if t.get("db_ended")), default=None),
+        "polls": polls,
         "completed": sum(1 for j in final.values() if j["status"] == "Completed"),
-        "unfinished": len(unfinished),
+        "unfinished": not_in_budget,
+        "not_ended_after_cancel": len(unfinished),
         "statuses": count(j["status"] for j in final.values()),
         "failures": failures,
         "published": sum(1 for t in timelines if t["first_message"] is not None),
@@ -499,20 +549,25 @@ def run_bare_throughput(root: Path, jobs: int, seconds: float, stamp_dir: Path, 
     env = {"BENCH_EXIT_AFTER": f"{seconds:g}"}
     runs = [start_bare(root, f"tput-{i}", "tiny.launch", stamp_dir, env) for i in range(jobs)]
     live = dict(enumerate(runs))
+    ends: list[float] = []
     stoppers: list[threading.Thread] = []
+
+    def stop(process, log, timeout: float = 30.0) -> None:
+        ends.append(stop_bare(process, log, timeout)[0])
+
     while live and time.time() < t0 + timeout:
         for i in list(live):
             if (stamp_dir / f"tput-{i}.done").exists() or live[i][0].poll() is not None:
-                stoppers.append(threading.Thread(target=stop_bare, args=live.pop(i)))
+                stoppers.append(threading.Thread(target=stop, args=live.pop(i)))
                 stoppers[-1].start()
         time.sleep(0.05)
     for process, log in live.values():  # out of time: stop them anyway
-        stoppers.append(threading.Thread(target=stop_bare, args=(process, log, 5.0)))
+        stoppers.append(threading.Thread(target=stop, args=(process, log, 5.0)))
         stoppers[-1].start()
     for thread in stoppers:
         thread.join()
     return {
-        "wall": time.time() - t0,
+        "wall": max(ends) - t0,
         "exit_codes": count(process.returncode for process, _ in runs),
         "published": sum(1 for i in range(jobs) if read_stamp(stamp_dir, f"tput-{i}") is not None),
         "unfinished": len(live),
@@ -562,10 +617,10 @@ PHASES = (
     ),
     ("ROS master", "log_rosmaster", "log_rosout", "rosmaster started, waited for by a Python in the netns"),
     ("rosout + service node + app", "log_rosout", "log_app_spawned", "three spawns, nothing waited for"),
-    ("Running seen", "log_app_spawned", "running", "phase report over HTTP, store, client's 20 ms poll"),
+    ("Running seen", "log_app_spawned", "running", "phase report over HTTP, store, the client's next poll"),
 )
 AFTER_RUNNING = (
-    ("launch", "running", "first_message", "roslaunch + node start-up, until the first publish"),
+    ("launch", "log_app_spawned", "first_message", "app spawned → node's first publish (roslaunch, node)"),
     ("max duration", "log_app_spawned", "log_max_duration", "the job's maxJobDurationInSeconds (part 1)"),
     ("node works", "first_message", "node_exit", "node publishes, exits 0 after its time (part 3)"),
     (
@@ -580,7 +635,8 @@ AFTER_RUNNING = (
         "log_finished",
         "service node + forwarder, then rosout + master",
     ),
-    ("terminal seen", "log_finished", "wall", "final report, store, client's poll"),
+    ("final report", "log_finished", "db_ended", "runner's end → the server recorded the terminal status"),
+    ("terminal seen", "db_ended", "wall", "→ the client's next poll saw it"),
 )
 
 
@@ -604,7 +660,8 @@ def build_report(
         "simulation application (one rospy node), no robot application, no output location, "
         f"maxJobDurationInSeconds {args.duration}; bare: `roslaunch` starting its own master, Ctrl-C after "
         f"{args.duration} s. Job statuses {count(j['status'] for j in jobs)}; bare exit codes "
-        f"{count(b['exit'] for b in bares)}.",
+        f"{count(b['exit'] for b in bares)}; processes left behind: bare "
+        f"{sum(b['leftovers'] for b in bares)}, jobs {meta.get('leftovers', 0)}.",
         "",
         "| measure | job p50 | job p90 | bare p50 | bare p90 |",
         "|---|---:|---:|---:|---:|",
@@ -685,7 +742,10 @@ def throughput_lines(args, meta: dict, tput: dict, btput: dict | None) -> list[s
     ]
     add = lines.append
     if tput["wall"] is not None and not tput["unfinished"]:
-        add(f"| total wall, first create → last terminal status | **{tput['wall']:.1f} s** |")
+        add(
+            f"| total wall, first create → last terminal status | **{tput['wall']:.1f} s** (the server "
+            f"recorded the last end at {fmt(tput['server_wall'], 1, 1)} s) |"
+        )
         add(f"| jobs per minute | **{n / tput['wall'] * 60:.1f}** |")
     elif tput["wall"] is not None:
         budget = meta["tput_budget"]
@@ -705,6 +765,10 @@ def throughput_lines(args, meta: dict, tput: dict, btput: dict | None) -> list[s
         f"{fmt(max(to_end, default=None))} s |"
     )
     add(f"| most jobs Running at once | {tput['peak_running']} |")
+    add(
+        f"| the client's BatchDescribe of the unfinished jobs, p50 / max | {fmt(p50(tput['polls']), 1000, 0)}"
+        f" / {fmt(max(tput['polls'], default=None), 1000, 0)} ms ({len(tput['polls'])} calls) |"
+    )
     if meta.get("cpu_tput") is not None:
         cpu = meta["cpu_tput"]
         add(
@@ -822,7 +886,7 @@ def main() -> int:
                 warm = run_job(server, rm, app_arn, 1, stamps)
                 if warm["status"] != "Completed":
                     raise SystemExit(f"warm-up job ended {warm['status']}: {warm['failure']}")
-                run_bare(bare_root, -1, 1, stamps, groups["warm"])
+                run_bare(bare_root, "bare-warm-up", None, stamps, groups["warm"])
                 meta["isolation"] = warm.get("isolation_mode") or args.isolation
                 cpu_job, cpu_server, cpu_bare = [], [], []
                 for index in range(args.runs):
@@ -834,19 +898,18 @@ def main() -> int:
                         cpu_server.append(server_cpu)
                         cpu_job.append(groups["server"].seconds() - total - server_cpu)
                     before = groups["bare"].seconds()
-                    bares.append(run_bare(bare_root, index, args.duration, stamps, groups["bare"]))
+                    bares.append(run_bare(bare_root, f"bare-{index}", args.duration, stamps, groups["bare"]))
                     if before is not None:
                         cpu_bare.append(groups["bare"].seconds() - before)
                     j, b = jobs[-1], bares[-1]
                     print(
                         f"run {index}: job {j['status']}, Running after {fmt(j['running'], 1000, 0)} ms, "
-                        "wall "
-                        f"{fmt(j['wall'])} s; bare wall {fmt(b['wall'])} s",
+                        f"wall {fmt(j['wall'])} s; bare wall {fmt(b['wall'])} s",
                         flush=True,
                     )
                 meta.update(cpu_job=p50(cpu_job), cpu_server=p50(cpu_server), cpu_bare=p50(cpu_bare))
                 if args.jobs:
-                    left = args.budget - (time.time() - bench_start) - 15
+                    left = args.budget - (time.time() - bench_start) - 30
                     if args.bare_throughput:
                         left *= 0.6
                     meta["tput_budget"] = max(30.0, left)
@@ -862,6 +925,11 @@ def main() -> int:
                     meta["server_cpu_tput"] = own_cpu_seconds(pid) - own
                     if total is not None:
                         meta["cpu_tput"] = groups["server"].seconds() - total
+                time.sleep(1.0)  # runners exit once their final report is acknowledged
+            # Runners outlive a stopped server by design; anything of this bench still alive now is a leak.
+            meta["leftovers"] = kill_all(processes_mentioning(str(tmp_dir).encode(), ("cmdline", "environ")))
+            if meta["leftovers"]:
+                print(f"warning: killed {meta['leftovers']} leftover processes of the jobs", flush=True)
             if args.jobs and args.bare_throughput:
                 left = max(30.0, args.budget - (time.time() - bench_start) - 5)
                 print(f"reference: {args.jobs} bare roslaunches at once (budget {left:.0f} s)", flush=True)

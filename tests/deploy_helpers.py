@@ -17,6 +17,7 @@ import httpx
 
 from helpers import DEV_KEY, REGION, stop_process
 from openrobomaker.agent.client import sign
+from openrobomaker.agent.supervisor import kill_group
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 from ros_bundles import _add, node_launch
 
@@ -144,11 +145,12 @@ class AgentProcess:
         self.kill_application()
 
     def kill_application(self) -> None:
+        """What the agent left running (killed agent): SIGINT first, so that roslaunch stops the master
+        and nodes it started in their own sessions; a bare SIGKILL would leave them behind."""
         state = self.state()
         leftover = state.get("app_process") if state else None
         if leftover:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(leftover[0]), signal.SIGKILL)
+            kill_group(int(leftover[0]), leftover[1], grace=5.0)
 
     def state(self) -> dict:
         path = self.work_dir / "state.json"

@@ -13,14 +13,21 @@ neither read another's deployment nor report for it.
 - `GET /_agent/v1/bundle?robot=&jobId=` and `GET /_agent/v1/condition-file?robot=&jobId=`: the robot's
   bundle / download condition file, streamed from the object store with its `ETag`; `Range: bytes=N-`
   resumes an interrupted download.
+
+Long polls are woken per robot: the rollout controller names the robots whose wave it just started, and
+only their polls wake up and answer (no herd of every connected agent re-reading the store). Bundles in
+the local object store are read straight from the page cache on the event loop (`preadv` with
+`RWF_NOWAIT`, falling back to a worker thread only for bytes not cached yet), in large chunks: no thread
+hop per chunk, and the worker threads stay free for the store work of polls and reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -39,37 +46,53 @@ from openrobomaker.services.errors import ApiError
 
 AGENT_SIGNAL = "deployment_agents"
 MAX_WAIT_SECONDS = 30.0
-# Long polls re-read the store this often even without a wake-up: another control-plane replica
-# (PostgreSQL deployments) may have started the robot's wave.
+# Long polls re-read the store this often even without a wake-up, when another control-plane replica
+# (PostgreSQL deployments) may have started the robot's wave. With SQLite the controller is in this process
+# and wakes the polls itself, so they re-read only when woken.
 RECHECK_SECONDS = 5.0
 CHUNK = 1024 * 1024
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
-class Broadcast:
-    """Wakes every waiting long poll at once; safe to fire from the controller's thread."""
+class AgentWaiters:
+    """Long polls waiting for something new for their robot. `wake(robot_arns)` wakes those robots' polls,
+    `wake()` every poll; both are safe to call from any thread (the controller runs in a worker thread)."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
+        self._waiting: dict[str, set[asyncio.Event]] = {}
 
-    def _current(self) -> asyncio.Event:
-        if self._event is None:
-            self._loop = asyncio.get_running_loop()
-            self._event = asyncio.Event()
-        return self._event
-
-    def _fire(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        if event is not None:
-            event.set()
-
-    def wake(self) -> None:
+    def wake(self, robot_arns: Iterable[str] | None = None) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._fire)
+            self._loop.call_soon_threadsafe(self._fire, None if robot_arns is None else list(robot_arns))
 
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._current().wait(), timeout)
+    def _fire(self, robot_arns: list[str] | None) -> None:
+        if robot_arns is None:
+            groups = list(self._waiting.values())
+        else:
+            groups = [self._waiting[arn] for arn in robot_arns if arn in self._waiting]
+        for events in groups:
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def registered(self, robot_arn: str) -> Iterator[asyncio.Event]:
+        """Register before reading the store, so that a wave started in between is not missed."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._waiting.setdefault(robot_arn, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._waiting.get(robot_arn)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiting[robot_arn]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(events) for events in self._waiting.values())
 
 
 class _BadRequest(Exception):
@@ -127,6 +150,7 @@ def _parse_range(header: str | None) -> int:
 
 
 def _stream(objects: Any, bucket: str, key: str, start: int) -> Iterator[bytes]:
+    """Any object store (S3: a botocore body): a sync iterator, read in a worker thread."""
     with contextlib.closing(objects.open(bucket, key)) as stream:
         if start:
             if getattr(stream, "seekable", lambda: False)():
@@ -142,9 +166,51 @@ def _stream(objects: Any, bucket: str, key: str, start: int) -> Iterator[bytes]:
             yield chunk
 
 
+def _cached_read(fd: int, size: int, offset: int) -> memoryview | None:
+    """What of [offset, offset+size) is in the page cache, read without blocking; None when none is."""
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        count = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except (BlockingIOError, OSError):  # EAGAIN: not cached; EOPNOTSUPP: no RWF_NOWAIT on this filesystem
+        return None
+    return memoryview(buffer)[:count] if count else None
+
+
+async def _file_chunks(handle: Any, start: int, size: int) -> AsyncIterator[memoryview | bytes]:
+    """A local file from `start` to `size`: cached bytes on the event loop, the rest in a worker thread."""
+    try:
+        fd, offset = handle.fileno(), start
+        while offset < size:
+            wanted = min(CHUNK, size - offset)
+            chunk = _cached_read(fd, wanted, offset)
+            if chunk is None:
+                chunk = await run_in_threadpool(os.pread, fd, wanted, offset)
+                if not chunk:
+                    return  # the file shrank under us: the answer ends short and the agent retries
+            offset += len(chunk)
+            yield chunk
+    finally:
+        handle.close()
+
+
+def _local_file(objects: Any, bucket: str, key: str) -> Any | None:
+    """The object's open file when the store keeps it on this machine's disk, else None."""
+    handle = objects.open(bucket, key)
+    try:
+        handle.fileno()
+    except (AttributeError, OSError, ValueError):
+        handle.close()
+        return None
+    return handle
+
+
 def extra_routes(platform: Any) -> list[Route]:
-    broadcast = Broadcast()
-    platform.signals[AGENT_SIGNAL] = broadcast.wake
+    waiters = AgentWaiters()
+    # notify(AGENT_SIGNAL) wakes every poll; the rollout controller calls it with the robots it started.
+    platform.signals[AGENT_SIGNAL] = waiters.wake
+    recheck = MAX_WAIT_SECONDS if platform.db.is_sqlite else RECHECK_SECONDS
 
     @_guarded
     async def credentials(request: Request) -> Response:
@@ -160,17 +226,20 @@ def extra_routes(platform: Any) -> list[Route]:
         wanted = _json_object(body)
         robot_arn, current = wanted["robot"], wanted.get("current")
         wait = max(0.0, min(float(wanted.get("wait") or 0), MAX_WAIT_SECONDS))
-        answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
-        deadline = time.monotonic() + wait
-        # Nothing new for the robot: no deployment, or the one it already has. Hold the request until
-        # that changes or `wait` runs out.
-        while _job_id(answer) in (None, current) and (remaining := deadline - time.monotonic()) > 0:
-            await broadcast.wait(min(remaining, RECHECK_SECONDS))
-            if await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn) not in (
-                None,
-                current,
-            ):
-                answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
+        with waiters.registered(robot_arn) as woken:
+            answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
+            deadline = time.monotonic() + wait
+            # Nothing new for the robot: no deployment, or the one it already has. Hold the request until
+            # that changes or `wait` runs out.
+            while _job_id(answer) in (None, current) and (remaining := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, recheck))
+                woken.clear()
+                if await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn) not in (
+                    None,
+                    current,
+                ):
+                    answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
         return _json(answer)
 
     @_guarded
@@ -198,7 +267,14 @@ def extra_routes(platform: Any) -> list[Route]:
             headers = {"ETag": f'"{info.etag}"', "Content-Length": str(info.size - start)}
             if start:
                 headers["Content-Range"] = f"bytes {start}-{info.size - 1}/{info.size}"
-            chunks = iterate_in_threadpool(_stream(platform.objects, bucket, key, start))
+            try:
+                handle = await run_in_threadpool(_local_file, platform.objects, bucket, key)
+            except ObjectStoreError as exc:
+                return error_response("ResourceNotFoundException", f"s3://{bucket}/{key}: {exc}", 404, "-")
+            if handle is not None:
+                chunks = _file_chunks(handle, start, info.size)
+            else:
+                chunks = iterate_in_threadpool(_stream(platform.objects, bucket, key, start))
             return StreamingResponse(
                 chunks,
                 status_code=206 if start else 200,

@@ -3,6 +3,10 @@ robots that pass their deadline, stops a rollout that breaches its failure thres
 
 Everything it knows is in the job and robot deployment rows, so a restarted control plane picks a
 rollout up where it was; every step is a conditional update of those rows, so nothing starts twice.
+
+It is woken by every robot that ends its deployment (so the next wave starts at once, not on the next
+interval) and wakes the agents of the robots it starts. A pass that has nothing to change only reads: a
+count of the job's robots by status, and robot deadlines at most once a second.
 """
 
 from __future__ import annotations
@@ -19,37 +23,60 @@ from openrobomaker.store.deployment_jobs import DEPLOYING, WAITING
 
 log = logging.getLogger("openrobomaker.controllers.deployment_jobs")
 
-# signal the agent channel listens to: robots whose deployment just started should stop long-polling
+# signal the agent channel listens to: called with the robots whose deployment just started, whose agents
+# should stop long-polling and fetch it
 AGENT_SIGNAL = "deployment_agents"
+# robotDeploymentTimeoutInSeconds is at least 60 s: checking deadlines once a second is plenty
+DEADLINE_CHECK_SECONDS = 1.0
 
 
 class DeploymentJobController(Controller):
     signal_name = "deployment_jobs"
     interval = 1.0
 
+    def __init__(self, platform: Any):
+        super().__init__(platform)
+        self._deadlines_checked = float("-inf")
+
     def reconcile(self) -> None:
-        started_any = self._expire_robot_deadlines()
+        if time.monotonic() - self._deadlines_checked >= DEADLINE_CHECK_SECONDS:
+            self._deadlines_checked = time.monotonic()
+            self._expire_robot_deadlines()
         with self.platform.db.read() as session:
             job_ids = store.active_job_ids(session)
+        started: list[str] = []
         for job_id in job_ids:
-            started_any = self._advance(job_id) or started_any
-        if started_any:
-            self.platform.notify(AGENT_SIGNAL)
+            started += self._advance(job_id)
+        if started:
+            wake = self.platform.signals.get(AGENT_SIGNAL)
+            if wake is not None:
+                wake(started)
 
     # --- per-robot deadlines ----------------------------------------------------------------------------
 
-    def _expire_robot_deadlines(self) -> bool:
+    def _expire_robot_deadlines(self) -> None:
         now = time.time()
-        expired = False
+        with self.platform.db.read() as session:
+            deploying = store.deploying_starts(session)
+            if not deploying:
+                return
+            timeouts = {}
+            for job_id in {job_id for job_id, _, _ in deploying}:
+                job = store.get_job(session, job_id)
+                timeouts[job_id] = job.definition["deploymentConfig"]["robotDeploymentTimeoutInSeconds"]
+        expired = [
+            (job_id, arn)
+            for job_id, arn, start in deploying
+            if start is not None and now - start > timeouts[job_id]
+        ]
+        if not expired:
+            return
         with self.platform.db.transaction() as session:
-            for row in store.deploying_robot_deployments(session):
-                job = store.get_job(session, row.job_id)
-                timeout = job.definition["deploymentConfig"]["robotDeploymentTimeoutInSeconds"]
-                if row.deployment_start_time is None or now - row.deployment_start_time <= timeout:
-                    continue
-                self._time_out(session, job, row, timeout, now)
-                expired = True
-        return expired
+            for job_id, arn in expired:
+                row = store.robot_deployment(session, job_id, arn)
+                if row is None or row.status != DEPLOYING:
+                    continue  # it ended meanwhile
+                self._time_out(session, store.get_job(session, job_id), row, timeouts[job_id], now)
 
     @staticmethod
     def _time_out(session, job, row, timeout: int, now: float) -> None:
@@ -68,16 +95,37 @@ class DeploymentJobController(Controller):
 
     # --- one job ----------------------------------------------------------------------------------------
 
-    def _advance(self, job_id: str) -> bool:
+    def _advance(self, job_id: str) -> list[str]:
+        """One step of the job's rollout; returns the robots whose deployment it started."""
+        if not self._may_change(job_id):
+            return []
         with self.platform.db.transaction() as session:
             job = store.get_job(session, job_id, for_update=True)
             if job is None or job.status not in store.ACTIVE_STATUSES:
-                return False
+                return []
             if job.status == "Pending":
                 self._prepare(session, job)
             if job.status != "Preparing" and job.status != "InProgress":
-                return False
+                return []
             return self._roll(session, job)
+
+    def _may_change(self, job_id: str) -> bool:
+        """False when a read shows the step would change nothing: robots still deploying, threshold not
+        breached. Most passes (every report that is not the last of a wave) end here, without a write."""
+        with self.platform.db.read() as session:
+            status, counts = store.job_progress(session, job_id)
+            if status not in ("Preparing", "InProgress"):
+                return status in store.ACTIVE_STATUSES
+            config = store.get_job(session, job_id).definition["deploymentConfig"]
+        total = sum(counts.values())
+        failed = sum(
+            n
+            for (state, code), n in counts.items()
+            if state in ("Failed", "NoResponse") and code != rules.ABORTED
+        )
+        breached = total and failed * 100 >= config["failureThresholdPercentage"] * total
+        deploying = sum(n for (state, _), n in counts.items() if state == DEPLOYING)
+        return bool(breached) or deploying == 0
 
     @staticmethod
     def _prepare(session, job: store.DeploymentJobRow) -> None:
@@ -101,7 +149,7 @@ class DeploymentJobController(Controller):
         job.status = "Preparing"
         job.updated_at = time.time()
 
-    def _roll(self, session, job: store.DeploymentJobRow) -> bool:
+    def _roll(self, session, job: store.DeploymentJobRow) -> list[str]:
         rows = store.robot_deployments(session, job.job_id)
         config = job.definition["deploymentConfig"]
         failed = [r for r in rows if r.status in ("Failed", "NoResponse") and r.failure_code != rules.ABORTED]
@@ -114,35 +162,37 @@ class DeploymentJobController(Controller):
                 f"{len(failed)} of {len(rows)} robots failed; the failure threshold is "
                 f"{config['failureThresholdPercentage']}%",
             )
-            return False
+            return []
         if any(r.status == DEPLOYING for r in rows):
-            return False
+            return []
         waiting = [r for r in rows if r.status == WAITING]
         if not waiting:
             # Every robot ended within the failure threshold: the rollout is complete.
             rules.finish_job(session, job, "Succeeded", None, None)
-            return False
+            return []
         wave = min(r.wave for r in waiting)
-        self._start_wave(session, job, [r for r in waiting if r.wave == wave])
-        return True
+        return self._start_wave(session, job, [r for r in waiting if r.wave == wave])
 
     @staticmethod
-    def _start_wave(session, job: store.DeploymentJobRow, rows: list[store.RobotDeploymentRow]) -> None:
+    def _start_wave(session, job: store.DeploymentJobRow, rows: list[store.RobotDeploymentRow]) -> list[str]:
         now = time.time()
+        arns = [row.robot_arn for row in rows]
+        # A robot still busy with an older job's deployment is moved on to this one.
+        for older in store.deploying_for_robots(session, arns):
+            rules.end_robot_deployment(older, "Failed", rules.ABORTED, f"superseded by {job.arn}", now)
+        robots = {robot.arn: robot for robot in robot_store.robots_by_arns(session, arns)}
         for row in rows:
-            # A robot still busy with an older job's deployment is moved on to this one.
-            for older in store.deploying_for_robot(session, row.robot_arn):
-                rules.end_robot_deployment(older, "Failed", rules.ABORTED, f"superseded by {job.arn}", now)
             row.status = DEPLOYING
             row.deployment_start_time = now
             row.progress = {}
-            robot = robot_store.robot_by_arn(session, row.robot_arn)
+            robot = robots.get(row.robot_arn)
             if robot is not None:
                 robot.status = DEPLOYING
         if job.status != "InProgress":
             job.status = "InProgress"
         job.updated_at = now
         log.info("%s: wave %d started with %d robot(s)", job.job_id, rows[0].wave, len(rows))
+        return arns
 
 
 def build(platform: Any) -> DeploymentJobController:

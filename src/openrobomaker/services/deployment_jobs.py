@@ -65,6 +65,8 @@ STEPS = (
     "ExecutingPostLaunch", "Finished",
 )  # fmt: skip
 _TAG_ENV_KEY = re.compile(r"^[A-Za-z0-9_]+$")
+# agent_seen_at is refreshed by a poll at most this often (reports always refresh it)
+AGENT_SEEN_RESOLUTION = 5.0
 
 
 class AgentDenied(Exception):
@@ -460,14 +462,19 @@ def _deployment_for_agent(session, robot, row: store.RobotDeploymentRow) -> dict
 def agent_poll(platform: Any, ctx: RequestContext, robot_arn: str) -> dict[str, Any]:
     """What the robot should be running now: the deployment it is in the middle of, if any."""
     now = time.time()
-    with platform.db.transaction() as session:
-        robot = _agent_robot(session, ctx, robot_arn, for_update=True)
-        robot.agent_seen_at = now
+    with platform.db.read() as session:
+        robot = _agent_robot(session, ctx, robot_arn)
         rows = sorted(
             store.deploying_for_robot(session, robot_arn), key=lambda r: r.deployment_start_time or 0
         )
         deployment = _deployment_for_agent(session, robot, rows[-1]) if rows else None
-        return {"robot": robot.arn, "status": robot.status, "deployment": deployment}
+        answer = {"robot": robot.arn, "status": robot.status, "deployment": deployment}
+        seen_at = robot.agent_seen_at
+    if seen_at is None or now - seen_at >= AGENT_SEEN_RESOLUTION:
+        # a short write of its own: the store reads above do not hold the (SQLite) writer
+        with platform.db.transaction() as session:
+            robot_store.touch_agent(session, robot_arn, now)
+    return answer
 
 
 def agent_wants_poll(platform: Any, robot_arn: str) -> str | None:

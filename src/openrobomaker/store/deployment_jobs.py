@@ -137,6 +137,35 @@ def robot_deployment(session: Session, job_id: str, robot_arn: str) -> RobotDepl
     return session.get(RobotDeploymentRow, (job_id, robot_arn))
 
 
+def job_progress(session: Session, job_id: str) -> tuple[str | None, dict[tuple[str, str | None], int]]:
+    """The job's status and its robot deployments counted by (status, failure code): a cheap look at a
+    rollout, without loading its rows."""
+    status = session.scalar(select(DeploymentJobRow.status).where(DeploymentJobRow.job_id == job_id))
+    query = (
+        select(RobotDeploymentRow.status, RobotDeploymentRow.failure_code, func.count())
+        .where(RobotDeploymentRow.job_id == job_id)
+        .group_by(RobotDeploymentRow.status, RobotDeploymentRow.failure_code)
+    )
+    return status, {(row[0], row[1]): row[2] for row in session.execute(query)}
+
+
+def deploying_starts(session: Session) -> list[tuple[str, str, float | None]]:
+    """(job id, robot ARN, start time) of every robot deployment in progress."""
+    query = select(
+        RobotDeploymentRow.job_id, RobotDeploymentRow.robot_arn, RobotDeploymentRow.deployment_start_time
+    ).where(RobotDeploymentRow.status == DEPLOYING)
+    return [(row[0], row[1], row[2]) for row in session.execute(query)]
+
+
+def deploying_for_robots(session: Session, robot_arns: list[str]) -> list[RobotDeploymentRow]:
+    if not robot_arns:
+        return []
+    query = select(RobotDeploymentRow).where(
+        RobotDeploymentRow.robot_arn.in_(robot_arns), RobotDeploymentRow.status == DEPLOYING
+    )
+    return list(session.scalars(query))
+
+
 def deploying_for_robot(session: Session, robot_arn: str) -> list[RobotDeploymentRow]:
     """Robot deployments started on this robot and not ended yet (normally at most one)."""
     query = select(RobotDeploymentRow).where(

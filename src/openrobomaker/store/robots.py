@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Float, String, select
+from sqlalchemy import Float, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -31,6 +31,11 @@ def robot_by_arn(session: Session, arn: str, *, for_update: bool = False) -> Rob
     if for_update:
         query = query.with_for_update()
     return session.scalars(query).one_or_none()
+
+
+def touch_agent(session: Session, arn: str, seen_at: float) -> None:
+    """Record that the robot's agent was heard from (one UPDATE, no row loaded)."""
+    session.execute(update(RobotRow).where(RobotRow.arn == arn).values(agent_seen_at=seen_at))
 
 
 def robots_by_arns(session: Session, arns: list[str]) -> list[RobotRow]:

@@ -47,7 +47,8 @@ class LocalExecutor:
 
     def start(self, job_id: str, run_id: str, spec_path: str, work_dir: str) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENROBOMAKER_SERVER_")}
-        with open(Path(work_dir) / "runner.log", "ab") as log:
+        # runner.log is the runner's own log; its stdout/stderr (an interpreter crash) go beside it.
+        with open(Path(work_dir) / "runner.out", "ab") as log:
             process = subprocess.Popen(
                 runner_command(spec_path),
                 cwd=work_dir,

@@ -41,16 +41,25 @@ def make_client():
     return boto3.client("robomaker", endpoint_url=endpoint, region_name=region, config=config)
 
 
-CLIENT = make_client()
 NO_BOTO3 = "boto3 is not installed for /usr/bin/python3 on this host (apt-get install python3-boto3)"
+_clients = []
+
+
+def client():
+    """Made on the first service call: importing boto3 and loading its model costs ~0.7 s of CPU, which
+    most jobs (that never call these services) should not pay."""
+    if not _clients:
+        _clients.append(make_client())
+    return _clients[0]
 
 
 def call(operation, **kwargs):
     """(True, response) or (False, message), never raising into rospy."""
-    if CLIENT is None:
+    robomaker = client()
+    if robomaker is None:
         return False, NO_BOTO3
     try:
-        return True, getattr(CLIENT, operation)(**kwargs)
+        return True, getattr(robomaker, operation)(**kwargs)
     except Exception as exc:
         return False, str(exc)
 

@@ -12,6 +12,7 @@ from deploy_helpers import (
     app_config,
     deploying_intervals,
     fleet_of_agents,
+    hello_bundle,
     job_id,
     max_overlap,
     object_store,
@@ -245,6 +246,28 @@ def test_server_restart_mid_rollout(env):
         assert [r["status"] for r in described["robotDeploymentSummary"]] == ["InSync"] * 3
         intervals = deploying_intervals(agents, job_id(job))
         assert max_overlap(list(intervals.values())) == 1
+
+
+def test_bundle_from_s3_by_presigned_url(moto_s3, tmp_path):
+    """With an S3 object store the agent fetches the bundle from S3 itself (the server answers a 307 to a
+    presigned URL), and the deployment completes as through the server."""
+    s3 = moto_s3.client()
+    s3.create_bucket(Bucket="direct-bundles")
+    s3.upload_file(str(hello_bundle(tmp_path / "direct.tar.gz")), "direct-bundles", "hello/bundle.tar.gz")
+    with running_server(config={"object_store": moto_s3.store_config()}, data_dir=tmp_path) as server:
+        rm = server.client()
+        source = {"s3Bucket": "direct-bundles", "s3Key": "hello/bundle.tar.gz", "architecture": "X86_64"}
+        app_arn = rm.create_robot_application(
+            name="direct", sources=[source], robotSoftwareSuite={"name": "ROS", "version": "Melodic"}
+        )["arn"]
+        rm.create_robot_application_version(application=app_arn)
+        app = {"arn": app_arn, "key": source["s3Key"]}
+        with fleet_of_agents(server, rm, tmp_path, "direct", 1) as (fleet, agents):
+            described = wait_for_job(rm, deploy(rm, fleet, app))
+            assert described["status"] == "Succeeded", described
+            (download,) = [e for e in agents[0].events() if e["event"] == "download"]
+            assert download["source"] == f"{moto_s3.endpoint}/direct-bundles/hello/bundle.tar.gz"
+            assert not [e for e in agents[0].events() if e["event"] == "direct-download-failed"]
 
 
 def test_robot_credentials_are_per_robot(env, tmp_path):

@@ -44,6 +44,13 @@ class ChannelError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class DirectDownloadFailed(Exception):
+    """Fetching from the presigned S3 URL failed; the server can still stream the file."""
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
 def sign(method: str, url: str, body: bytes, key_id: str, secret: str, region: str) -> dict[str, str]:
     request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
     SigV4Auth(Credentials(key_id, secret), "robomaker", region).add_auth(request)
@@ -65,7 +72,11 @@ class AgentClient:
     def __init__(self, endpoint: str, creds: RobotCredentials, timeout: float = 10.0):
         self.endpoint = endpoint.rstrip("/")
         self.creds = creds
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, read=60.0))
+        # Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) could close one under
+        # a request being sent on it.
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(timeout, read=60.0), limits=httpx.Limits(keepalive_expiry=2.0)
+        )
 
     def _signed(
         self, method: str, path: str, body: bytes = b"", query: dict | None = None
@@ -94,15 +105,37 @@ class AgentClient:
         return self.post("/_agent/v1/report", report)
 
     @contextmanager
-    def download(self, path: str, job_id: str, start: int = 0) -> Iterator[httpx.Response]:
-        url, headers = self._signed("GET", path, query={"robot": self.creds.robot_arn, "jobId": job_id})
+    def download(
+        self, path: str, job_id: str, start: int = 0, direct: bool = False
+    ) -> Iterator[httpx.Response]:
+        """The file's bytes from `start`. With `direct`, the agent accepts a redirect to a presigned S3 URL
+        and fetches from S3 itself; a failure on that leg raises DirectDownloadFailed (fall back to the
+        server)."""
+        query = {"robot": self.creds.robot_arn, "jobId": job_id}
+        if direct:
+            query["direct"] = "1"
+        url, headers = self._signed("GET", path, query=query)
         if start:
             headers["Range"] = f"bytes={start}-"
         with self.http.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for(response)
-            yield response
+            location = response.headers.get("location") if response.status_code in REDIRECTS else None
+            if location is None:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                yield response
+                return
+            response.read()
+        # A plain GET: the presigned URL carries its own signature; our SigV4 headers must not go to S3.
+        ranged = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            with self.http.stream("GET", location, headers=ranged) as direct_response:
+                if direct_response.status_code >= 400:
+                    direct_response.read()
+                    raise DirectDownloadFailed(f"S3 answered {direct_response.status_code}")
+                yield direct_response
+        except httpx.TransportError as exc:
+            raise DirectDownloadFailed(f"S3 not reachable: {exc!r}") from exc
 
     def close(self) -> None:
         self.http.close()

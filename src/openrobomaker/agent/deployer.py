@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from openrobomaker.agent.client import AgentClient, ChannelError
+from openrobomaker.agent.client import AgentClient, ChannelError, DirectDownloadFailed
 from openrobomaker.agent.state import WorkDir
 from openrobomaker.agent.supervisor import App, Supervisor, bundle_record, clean_environment
 from openrobomaker.bundles import BundleError, ExtractedBundle, extract_bundle, remove_tree, sourced_argv
@@ -152,12 +152,17 @@ class Deployer:
             )
 
     def _download(self, path: str, job_id: str, dest: Path, progress: bool) -> tuple[str, str]:
-        """Fetch through the server, resuming after network failures. Returns (ETag header, md5 hex)."""
+        """Fetch from S3 by presigned URL when the server offers one, else (or when S3 cannot be reached)
+        through the server; resume after network failures. Returns (ETag header, md5 hex)."""
         attempts = 0
+        direct = True
         while True:
             start = dest.stat().st_size if dest.exists() else 0
             try:
-                return self._download_once(path, job_id, dest, start, progress)
+                return self._download_once(path, job_id, dest, start, progress, direct)
+            except DirectDownloadFailed as exc:
+                self.work.journal(job=job_id, event="direct-download-failed", reason=str(exc))
+                direct = False  # the rest of this file comes through the server
             except ChannelError as exc:
                 code = "ResourceNotFound" if exc.status == 404 else "InternalServerError"
                 raise StepFailed(code, f"download failed: {exc.message}") from exc
@@ -170,9 +175,12 @@ class Deployer:
                 time.sleep(min(10.0, 0.5 * attempts))
 
     def _download_once(
-        self, path: str, job_id: str, dest: Path, start: int, progress: bool
+        self, path: str, job_id: str, dest: Path, start: int, progress: bool, direct: bool
     ) -> tuple[str, str]:
-        with self.client.download(path, job_id, start) as response:
+        with self.client.download(path, job_id, start, direct) as response:
+            # where the bytes come from: the server, or S3 by presigned URL (no query: it holds a signature)
+            source = str(response.request.url.copy_with(query=None))
+            self.work.journal(job=job_id, event="download", path=path, start=start, source=source)
             etag = response.headers.get("etag", "").strip('"')
             if response.status_code != 206:
                 start = 0

@@ -12,13 +12,21 @@ neither read another's deployment nor report for it.
   outcome, failureCode, failureReason}: one step report; replays are acknowledged and ignored.
 - `GET /_agent/v1/bundle?robot=&jobId=` and `GET /_agent/v1/condition-file?robot=&jobId=`: the robot's
   bundle / download condition file, streamed from the object store with its `ETag`; `Range: bytes=N-`
-  resumes an interrupted download.
+  resumes an interrupted download. With `&direct=1` and an S3 object store, the answer is a `307` to a
+  presigned S3 URL instead (the agent fetches the bytes from S3, and falls back to `direct=0` when it
+  cannot reach S3).
 
-Long polls are woken per robot: the rollout controller names the robots whose wave it just started, and
-only their polls wake up and answer (no herd of every connected agent re-reading the store). Bundles in
-the local object store are read straight from the page cache on the event loop (`preadv` with
-`RWF_NOWAIT`, falling back to a worker thread only for bytes not cached yet), in large chunks: no thread
-hop per chunk, and the worker threads stay free for the store work of polls and reports.
+What keeps a wave of robots cheap (issue 5's deployment benchmark):
+
+- long polls are woken per robot: the rollout controller names the robots whose wave it just started, and
+  only their polls wake up (no herd of every connected agent re-reading the store);
+- polls answered and reports recorded at the same moment go to the store together (`Batcher`: one read,
+  one transaction for many robots, instead of one each behind the SQLite writer);
+- robots' keys, once found in the store, are kept for a minute (`RobotKeys`), so a signature is checked on
+  the event loop without a store read;
+- bundles in the local object store are read straight from the page cache on the event loop (`preadv`
+  with `RWF_NOWAIT`, a worker thread only for bytes not cached yet), in 1 MiB chunks: no thread hop per
+  chunk, and the worker threads stay free for polls and reports. With S3, see `direct=1` above.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from starlette.routing import Route
 from openrobomaker.api.app import error_response
 from openrobomaker.api.sigv4 import AuthError, verify_request
 from openrobomaker.objectstore import ObjectStoreError
+from openrobomaker.objectstore.local import LocalObjectStore
 from openrobomaker.services import deployment_jobs as deployments
 from openrobomaker.services import robots
 from openrobomaker.services.context import RequestContext
@@ -51,6 +60,9 @@ MAX_WAIT_SECONDS = 30.0
 # and wakes the polls itself, so they re-read only when woken.
 RECHECK_SECONDS = 5.0
 CHUNK = 1024 * 1024
+KEY_CACHE_SECONDS = 60.0
+KEY_CACHE_SIZE = 10_000
+PRESIGNED_URL_SECONDS = 3600
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
@@ -95,17 +107,89 @@ class AgentWaiters:
         return sum(len(events) for events in self._waiting.values())
 
 
+class Batcher:
+    """Group commit for the agent channel: calls that arrive while a batch is being handled wait and go
+    together in the next one (`handle(items) -> one answer or exception per item`, in a worker thread).
+    No timer: a lone call goes at once; under load, batches grow by themselves."""
+
+    def __init__(self, handle: Any, max_batch: int = 256):
+        self._handle = handle
+        self._max_batch = max_batch
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                try:
+                    answers = await run_in_threadpool(self._handle, [item for item, _ in batch])
+                except Exception as exc:  # the whole batch failed (store error): every caller gets it
+                    answers = [exc] * len(batch)
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if future.done():
+                        continue  # its request went away; what it reported is applied all the same
+                    if isinstance(answer, BaseException):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self._drainer = None
+
+
 class _BadRequest(Exception):
     pass
 
 
-async def _authenticate(request: Request, body: bytes) -> RequestContext:
-    api = request.app.state.api
+class _NotCached(Exception):
+    pass
+
+
+class RobotKeys:
+    """Robot credentials the store confirmed in the last KEY_CACHE_SECONDS, so that an agent's requests are
+    verified on the event loop (a few HMACs) without a store read and a thread hop each. Only robots' keys
+    are kept: they are revoked only when their robot is deleted, and every agent request also checks that
+    its robot exists, so a key still cached for a deleted robot opens nothing."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[float, Any]] = {}
+
+    def cached(self, access_key_id: str) -> Any:
+        hit = self._keys.get(access_key_id)
+        if hit is None or time.monotonic() - hit[0] > KEY_CACHE_SECONDS:
+            raise _NotCached
+        return hit[1]
+
+    def remembering(self, lookup: Any) -> Any:
+        """`lookup` (the API's credential lookup, a store read), remembering robots' keys."""
+
+        def looked_up(access_key_id: str) -> Any:
+            credential = lookup(access_key_id)
+            if credential is not None and (credential.principal or "").startswith("robot:"):
+                if len(self._keys) >= KEY_CACHE_SIZE:
+                    self._keys.pop(next(iter(self._keys)))
+                self._keys[access_key_id] = (time.monotonic(), credential)
+            return credential
+
+        return looked_up
+
+
+async def _authenticate(request: Request, body: bytes, keys: RobotKeys) -> RequestContext:
     raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
     raw_query = request.scope.get("query_string", b"").decode("latin-1")
-    identity = await run_in_threadpool(
-        verify_request, request.method, raw_path, raw_query, request.headers.items(), body, api.lookup
-    )
+    args = (request.method, raw_path, raw_query, request.headers.items(), body)
+    try:
+        identity = verify_request(*args, keys.cached)
+    except _NotCached:
+        lookup = keys.remembering(request.app.state.api.lookup)
+        identity = await run_in_threadpool(verify_request, *args, lookup)
     return RequestContext(identity.account_id, identity.region, identity.principal)
 
 
@@ -197,6 +281,8 @@ async def _file_chunks(handle: Any, start: int, size: int) -> AsyncIterator[memo
 
 def _local_file(objects: Any, bucket: str, key: str) -> Any | None:
     """The object's open file when the store keeps it on this machine's disk, else None."""
+    if not isinstance(objects, LocalObjectStore):
+        return None
     handle = objects.open(bucket, key)
     try:
         handle.fileno()
@@ -206,75 +292,97 @@ def _local_file(objects: Any, bucket: str, key: str) -> Any | None:
     return handle
 
 
+def _presigned_url(objects: Any, bucket: str, key: str) -> str | None:
+    """A time-limited GET URL straight to the object, when the store is S3 (else None)."""
+    client = getattr(objects, "client", None)
+    if client is None or not hasattr(client, "generate_presigned_url"):
+        return None
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGNED_URL_SECONDS
+    )
+
+
 def extra_routes(platform: Any) -> list[Route]:
     waiters = AgentWaiters()
     # notify(AGENT_SIGNAL) wakes every poll; the rollout controller calls it with the robots it started.
     platform.signals[AGENT_SIGNAL] = waiters.wake
     recheck = MAX_WAIT_SECONDS if platform.db.is_sqlite else RECHECK_SECONDS
+    keys = RobotKeys()
+    reports = Batcher(lambda items: deployments.record_agent_reports(platform, items))
+    polls = Batcher(lambda items: deployments.agent_polls(platform, items))
 
     @_guarded
     async def credentials(request: Request) -> Response:
         body = await request.body()
-        ctx = await _authenticate(request, body)
+        ctx = await _authenticate(request, body, keys)
         wanted = _json_object(body)
         return _json(await run_in_threadpool(robots.mint_robot_credentials, platform, ctx, wanted["robot"]))
 
     @_guarded
     async def poll(request: Request) -> Response:
         body = await request.body()
-        ctx = await _authenticate(request, body)
+        ctx = await _authenticate(request, body, keys)
         wanted = _json_object(body)
         robot_arn, current = wanted["robot"], wanted.get("current")
         wait = max(0.0, min(float(wanted.get("wait") or 0), MAX_WAIT_SECONDS))
         with waiters.registered(robot_arn) as woken:
-            answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
+            answer = await polls.submit((ctx, robot_arn))
             deadline = time.monotonic() + wait
             # Nothing new for the robot: no deployment, or the one it already has. Hold the request until
             # that changes or `wait` runs out.
             while _job_id(answer) in (None, current) and (remaining := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(woken.wait(), min(remaining, recheck))
+                except TimeoutError:
+                    if remaining <= recheck:
+                        break  # `wait` is over: answer what we have, the agent polls again at once
+                    # a periodic recheck (another replica may have started the wave): one cheap read
+                    wants = await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn)
+                    if wants in (None, current):
+                        continue
                 woken.clear()
-                if await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn) not in (
-                    None,
-                    current,
-                ):
-                    answer = await run_in_threadpool(deployments.agent_poll, platform, ctx, robot_arn)
+                answer = await polls.submit((ctx, robot_arn))
         return _json(answer)
 
     @_guarded
     async def report(request: Request) -> Response:
         body = await request.body()
-        ctx = await _authenticate(request, body)
+        ctx = await _authenticate(request, body, keys)
         wanted = _json_object(body)
-        answer = await run_in_threadpool(
-            deployments.record_agent_report, platform, ctx, wanted["robot"], wanted
-        )
-        return _json(answer)
+        return _json(await reports.submit((ctx, wanted["robot"], wanted)))
+
+    def _open(locate, ctx: RequestContext, robot_arn: str, job_id: str, direct: bool) -> tuple[Any, Any, Any]:
+        """Everything before the first byte in one worker-thread hop: where, what (size, ETag), and the
+        local file, or a presigned URL when the agent can fetch from S3 itself."""
+        bucket, key = locate(platform, ctx, robot_arn, job_id)
+        info = platform.objects.head(bucket, key)
+        url = _presigned_url(platform.objects, bucket, key) if direct else None
+        return info, (None if url else _local_file(platform.objects, bucket, key)), url
 
     def _download(locate):
         @_guarded
         async def handler(request: Request) -> Response:
-            ctx = await _authenticate(request, b"")
+            ctx = await _authenticate(request, b"", keys)
             robot_arn = request.query_params.get("robot", "")
             job_id = request.query_params.get("jobId", "")
-            bucket, key = await run_in_threadpool(locate, platform, ctx, robot_arn, job_id)
+            direct = request.query_params.get("direct") == "1"
             try:
-                info = await run_in_threadpool(platform.objects.head, bucket, key)
+                info, handle, url = await run_in_threadpool(_open, locate, ctx, robot_arn, job_id, direct)
             except ObjectStoreError as exc:
-                return error_response("ResourceNotFoundException", f"s3://{bucket}/{key}: {exc}", 404, "-")
+                return error_response("ResourceNotFoundException", f"object store: {exc}", 404, "-")
+            if url is not None:
+                # S3 serves the bytes: the server is out of the data path. Agents fall back to `direct=0`
+                # when they cannot reach S3.
+                headers = {"Location": url, "ETag": f'"{info.etag}"', "Cache-Control": "no-store"}
+                return Response(status_code=307, headers=headers)
             start = min(_parse_range(request.headers.get("range")), info.size)
             headers = {"ETag": f'"{info.etag}"', "Content-Length": str(info.size - start)}
             if start:
                 headers["Content-Range"] = f"bytes {start}-{info.size - 1}/{info.size}"
-            try:
-                handle = await run_in_threadpool(_local_file, platform.objects, bucket, key)
-            except ObjectStoreError as exc:
-                return error_response("ResourceNotFoundException", f"s3://{bucket}/{key}: {exc}", 404, "-")
             if handle is not None:
                 chunks = _file_chunks(handle, start, info.size)
             else:
-                chunks = iterate_in_threadpool(_stream(platform.objects, bucket, key, start))
+                chunks = iterate_in_threadpool(_stream(platform.objects, info.bucket, info.key, start))
             return StreamingResponse(
                 chunks,
                 status_code=206 if start else 200,

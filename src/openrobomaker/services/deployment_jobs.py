@@ -65,7 +65,7 @@ STEPS = (
     "ExecutingPostLaunch", "Finished",
 )  # fmt: skip
 _TAG_ENV_KEY = re.compile(r"^[A-Za-z0-9_]+$")
-# agent_seen_at is refreshed by a poll at most this often (reports always refresh it)
+# agent_seen_at is refreshed at most this often (one write less per report and poll)
 AGENT_SEEN_RESOLUTION = 5.0
 
 
@@ -435,8 +435,9 @@ def _robot_env_tags(tags: dict[str, str]) -> dict[str, str]:
     return {f"AWS_ROBOMAKER_ROBOT_TAG_KEY_{k}": v for k, v in tags.items() if _TAG_ENV_KEY.match(k)}
 
 
-def _deployment_for_agent(session, robot, row: store.RobotDeploymentRow) -> dict[str, Any] | None:
-    job = store.get_job(session, row.job_id)
+def _deployment_for_agent(
+    session, robot, row: store.RobotDeploymentRow, job: store.DeploymentJobRow | None
+) -> dict[str, Any] | None:
     if job is None:
         return None
     app = job.definition["_app"]
@@ -461,20 +462,53 @@ def _deployment_for_agent(session, robot, row: store.RobotDeploymentRow) -> dict
 
 def agent_poll(platform: Any, ctx: RequestContext, robot_arn: str) -> dict[str, Any]:
     """What the robot should be running now: the deployment it is in the middle of, if any."""
-    now = time.time()
-    with platform.db.read() as session:
-        robot = _agent_robot(session, ctx, robot_arn)
-        rows = sorted(
-            store.deploying_for_robot(session, robot_arn), key=lambda r: r.deployment_start_time or 0
-        )
-        deployment = _deployment_for_agent(session, robot, rows[-1]) if rows else None
-        answer = {"robot": robot.arn, "status": robot.status, "deployment": deployment}
-        seen_at = robot.agent_seen_at
-    if seen_at is None or now - seen_at >= AGENT_SEEN_RESOLUTION:
-        # a short write of its own: the store reads above do not hold the (SQLite) writer
-        with platform.db.transaction() as session:
-            robot_store.touch_agent(session, robot_arn, now)
+    (answer,) = agent_polls(platform, [(ctx, robot_arn)])
+    if isinstance(answer, Exception):
+        raise answer
     return answer
+
+
+def agent_polls(platform: Any, polls: list[tuple[RequestContext, str]]) -> list[dict[str, Any] | Exception]:
+    """`agent_poll` for several robots at once (the polls a wave start wakes), in one store read."""
+    now = time.time()
+    answers: list[dict[str, Any] | Exception | None] = [None] * len(polls)
+    admitted = []
+    for index, (ctx, robot_arn) in enumerate(polls):
+        try:
+            if robot_arn_of(ctx) != robot_arn:
+                raise AgentDenied(f"these credentials belong to {robot_arn_of(ctx)}, not {robot_arn}")
+            admitted.append((index, ctx, robot_arn))
+        except AgentDenied as exc:
+            answers[index] = exc
+    stale = []
+    if admitted:
+        with platform.db.read() as session:
+            arns = sorted({robot_arn for _, _, robot_arn in admitted})
+            robots = {r.arn: r for r in robot_store.robots_by_arns(session, arns)}
+            deploying: dict[str, list[store.RobotDeploymentRow]] = {}
+            for row in store.deploying_for_robots(session, arns):
+                deploying.setdefault(row.robot_arn, []).append(row)
+            job_ids = sorted({row.job_id for rows in deploying.values() for row in rows})
+            jobs = {job.job_id: job for job in store.jobs_by_ids(session, job_ids)}
+            for index, ctx, robot_arn in admitted:
+                robot = robots.get(robot_arn)
+                if robot is None or robot.account_id != ctx.account_id:
+                    answers[index] = AgentDenied(f"robot {robot_arn} does not exist")
+                    continue
+                rows = sorted(deploying.get(robot_arn, []), key=lambda r: r.deployment_start_time or 0)
+                deployment = (
+                    _deployment_for_agent(session, robot, rows[-1], jobs.get(rows[-1].job_id))
+                    if rows
+                    else None
+                )
+                answers[index] = {"robot": robot.arn, "status": robot.status, "deployment": deployment}
+                if robot.agent_seen_at is None or now - robot.agent_seen_at >= AGENT_SEEN_RESOLUTION:
+                    stale.append(robot_arn)
+    if stale:
+        # a short write of its own: the reads above do not hold the (SQLite) writer
+        with platform.db.transaction() as session:
+            robot_store.touch_agents(session, sorted(set(stale)), now)
+    return answers  # type: ignore[return-value]
 
 
 def agent_wants_poll(platform: Any, robot_arn: str) -> str | None:
@@ -524,26 +558,74 @@ def _apply_outcome(
 
 def record_agent_report(platform: Any, ctx: RequestContext, robot_arn: str, report: dict[str, Any]) -> dict:
     """Apply one step report; replays (seq not newer) are acknowledged and ignored."""
+    (answer,) = record_agent_reports(platform, [(ctx, robot_arn, report)])
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def record_agent_reports(
+    platform: Any, reports: list[tuple[RequestContext, str, dict[str, Any]]]
+) -> list[dict[str, Any] | Exception]:
+    """Apply step reports of any robots in one transaction, each with its own answer or error (a group
+    commit: the agent channel hands over the reports that arrived while the previous batch was written,
+    so a wave of robots reporting at once costs a few transactions, not one each). Replays (seq not newer)
+    are acknowledged and ignored; a robot's reports apply in the order given."""
     now = time.time()
+    answers: list[dict[str, Any] | Exception | None] = [None] * len(reports)
+    admitted = []
+    for index, (ctx, robot_arn, report) in enumerate(reports):
+        try:
+            if robot_arn_of(ctx) != robot_arn:
+                # One robot cannot read or report for another.
+                raise AgentDenied(f"these credentials belong to {robot_arn_of(ctx)}, not {robot_arn}")
+            admitted.append((index, ctx, robot_arn, report, _report_seq(report)))
+        except (AgentDenied, ApiError) as exc:
+            answers[index] = exc
     ended = False
-    with platform.db.transaction() as session:
-        robot = _agent_robot(session, ctx, robot_arn, for_update=True)
-        robot.agent_seen_at = now
-        job = store.get_job(session, str(report.get("jobId", "")))
-        row = store.robot_deployment(session, job.job_id, robot_arn) if job is not None else None
-        if row is None:
-            raise ResourceNotFound(f"jobId: robot {robot_arn} has no deployment {report.get('jobId')!r}")
-        seq = int(report.get("seq", 0))
-        if seq > row.last_report_seq:
-            row.last_report_seq = seq
-            row.last_report_at = now
-            if row.status == DEPLOYING:
-                _apply_progress(row, job.arn, report)
-            ended = _apply_outcome(session, robot, row, job, report, now)
-        still_wanted = row.status == DEPLOYING
+    if admitted:
+        with platform.db.transaction() as session:
+            arns = sorted({robot_arn for _, _, robot_arn, _, _ in admitted})
+            job_ids = sorted({str(report.get("jobId", "")) for _, _, _, report, _ in admitted})
+            robots = {r.arn: r for r in robot_store.robots_by_arns(session, arns, for_update=True)}
+            jobs = {job.job_id: job for job in store.jobs_by_ids(session, job_ids)}
+            rows = {(r.job_id, r.robot_arn): r for r in store.robot_deployments_of(session, job_ids, arns)}
+            for index, ctx, robot_arn, report, seq in admitted:
+                robot = robots.get(robot_arn)
+                if robot is None or robot.account_id != ctx.account_id:
+                    answers[index] = AgentDenied(f"robot {robot_arn} does not exist")
+                    continue
+                job = jobs.get(str(report.get("jobId", "")))
+                row = rows.get((job.job_id, robot_arn)) if job is not None else None
+                if row is None:
+                    answers[index] = ResourceNotFound(
+                        f"jobId: robot {robot_arn} has no deployment {report.get('jobId')!r}"
+                    )
+                    continue
+                if seq > row.last_report_seq and row.status == DEPLOYING and report.get("step") not in STEPS:
+                    answers[index] = InvalidParameter(
+                        f"step: {report.get('step')!r} is not a RobotDeploymentStep"
+                    )
+                    continue
+                if robot.agent_seen_at is None or now - robot.agent_seen_at >= AGENT_SEEN_RESOLUTION:
+                    robot.agent_seen_at = now
+                if seq > row.last_report_seq:
+                    row.last_report_seq = seq
+                    row.last_report_at = now
+                    if row.status == DEPLOYING:
+                        _apply_progress(row, job.arn, report)
+                    ended = _apply_outcome(session, robot, row, job, report, now) or ended
+                answers[index] = {"accepted": True, "continue": row.status == DEPLOYING}
     if ended:
         platform.notify("deployment_jobs")
-    return {"accepted": True, "continue": still_wanted}
+    return answers  # type: ignore[return-value]
+
+
+def _report_seq(report: dict[str, Any]) -> int:
+    try:
+        return int(report.get("seq", 0))
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter(f"seq: {report.get('seq')!r} is not a number") from exc
 
 
 def _deploying_row(session, ctx: RequestContext, robot_arn: str, job_id: str):

@@ -73,6 +73,12 @@ def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Deplo
     return session.scalars(query).one_or_none()
 
 
+def jobs_by_ids(session: Session, job_ids: list[str]) -> list[DeploymentJobRow]:
+    if not job_ids:
+        return []
+    return list(session.scalars(select(DeploymentJobRow).where(DeploymentJobRow.job_id.in_(job_ids))))
+
+
 def job_by_token(session: Session, account_id: str, region: str, token: str) -> DeploymentJobRow | None:
     return session.scalars(
         select(DeploymentJobRow).where(
@@ -131,6 +137,18 @@ def active_job_ids(session: Session) -> list[str]:
 def robot_deployments(session: Session, job_id: str) -> list[RobotDeploymentRow]:
     query = select(RobotDeploymentRow).where(RobotDeploymentRow.job_id == job_id)
     return list(session.scalars(query.order_by(RobotDeploymentRow.wave, RobotDeploymentRow.robot_arn)))
+
+
+def robot_deployments_of(
+    session: Session, job_ids: list[str], robot_arns: list[str]
+) -> list[RobotDeploymentRow]:
+    """The robot deployments of any of these jobs to any of these robots."""
+    if not job_ids or not robot_arns:
+        return []
+    query = select(RobotDeploymentRow).where(
+        RobotDeploymentRow.job_id.in_(job_ids), RobotDeploymentRow.robot_arn.in_(robot_arns)
+    )
+    return list(session.scalars(query.order_by(RobotDeploymentRow.job_id, RobotDeploymentRow.robot_arn)))
 
 
 def robot_deployment(session: Session, job_id: str, robot_arn: str) -> RobotDeploymentRow | None:

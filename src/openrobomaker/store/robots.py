@@ -33,13 +33,19 @@ def robot_by_arn(session: Session, arn: str, *, for_update: bool = False) -> Rob
     return session.scalars(query).one_or_none()
 
 
-def touch_agent(session: Session, arn: str, seen_at: float) -> None:
-    """Record that the robot's agent was heard from (one UPDATE, no row loaded)."""
-    session.execute(update(RobotRow).where(RobotRow.arn == arn).values(agent_seen_at=seen_at))
+def touch_agents(session: Session, arns: list[str], seen_at: float) -> None:
+    """Record that these robots' agents were heard from (one UPDATE, no row loaded)."""
+    if arns:
+        session.execute(update(RobotRow).where(RobotRow.arn.in_(arns)).values(agent_seen_at=seen_at))
 
 
-def robots_by_arns(session: Session, arns: list[str]) -> list[RobotRow]:
-    return list(session.scalars(select(RobotRow).where(RobotRow.arn.in_(arns)))) if arns else []
+def robots_by_arns(session: Session, arns: list[str], *, for_update: bool = False) -> list[RobotRow]:
+    if not arns:
+        return []
+    query = select(RobotRow).where(RobotRow.arn.in_(arns))
+    if for_update:
+        query = query.order_by(RobotRow.arn).with_for_update()  # one lock order: no deadlocks
+    return list(session.scalars(query))
 
 
 def robot_named(session: Session, account_id: str, region: str, name: str) -> RobotRow | None:

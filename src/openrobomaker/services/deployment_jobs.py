@@ -33,7 +33,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import exact_filters
+from openrobomaker.services.pagination import exact_filters, paginate_filtered
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import deployment_jobs as store
 from openrobomaker.store import fleets as fleet_store
@@ -328,8 +328,6 @@ def describe_deployment_job(platform: Any, ctx: RequestContext, params: dict[str
 
 @operation("ListDeploymentJobs")
 def list_deployment_jobs(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    from openrobomaker.services.robots import paged
-
     filters = exact_filters(params, LIST_FILTERS)
     with platform.db.read() as session:
         fleet_arns = None
@@ -340,7 +338,7 @@ def list_deployment_jobs(platform: Any, ctx: RequestContext, params: dict[str, A
         rows = store.list_jobs(
             session, ctx.account_id, ctx.region, status=filters.get("status"), fleet_arns=fleet_arns
         )
-    window, token = paged(params, "deployment-jobs", filters, rows)
+    window, token = paginate_filtered(params, rows, "deployment-jobs", filters, 200)  # model: 1–200
     return {"deploymentJobs": [job_summary(job) for job in window], "nextToken": token}
 
 

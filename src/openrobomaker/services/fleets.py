@@ -10,7 +10,7 @@ from openrobomaker.services import tags as tag_rules
 from openrobomaker.services.arns import build_arn, now_ms
 from openrobomaker.services.context import RequestContext
 from openrobomaker.services.errors import LimitExceeded
-from openrobomaker.services.pagination import exact_filters
+from openrobomaker.services.pagination import exact_filters, paginate_filtered
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import deployment_jobs as job_store
 from openrobomaker.store import fleets as store
@@ -73,7 +73,7 @@ def list_fleets(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> d
     filters = exact_filters(params, LIST_FILTERS)
     with platform.db.read() as session:
         rows = store.list_fleets(session, ctx.account_id, ctx.region, filters.get("name"))
-        window, token = robot_rules.paged(params, "fleets", filters, rows)
+        window, token = paginate_filtered(params, rows, "fleets", filters, robot_rules.DEFAULT_PAGE)
         details = [fleet_summary(session, fleet) for fleet in window]
     return {"fleetDetails": details, "nextToken": token}
 

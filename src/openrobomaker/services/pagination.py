@@ -67,3 +67,14 @@ def paginate(
     limit = page_size(params, default, maximum)
     offset = decode_token(params.get("nextToken"), scope)
     return page(rows[offset : offset + limit + 1], offset, limit, scope)
+
+
+def filtered_scope(kind: str, filters: dict[str, str]) -> str:
+    """What a nextToken is bound to: the list and its filters (a token from another query is refused)."""
+    return f"{kind}:" + json.dumps(filters, sort_keys=True)
+
+
+def paginate_filtered(
+    params: dict, rows: list, kind: str, filters: dict[str, str], limit: int
+) -> tuple[list, str | None]:
+    return paginate(params, rows, filtered_scope(kind, filters), limit, limit)

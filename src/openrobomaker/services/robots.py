@@ -7,7 +7,6 @@ Statuses: Available -(RegisterRobot)-> Registered -(deployment created)-> Pendin
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from openrobomaker.services import credentials
@@ -21,7 +20,7 @@ from openrobomaker.services.errors import (
     ResourceAlreadyExists,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import exact_filters, paginate
+from openrobomaker.services.pagination import exact_filters, paginate_filtered
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import fleets as fleet_store
 from openrobomaker.store import robots as store
@@ -113,11 +112,6 @@ def describe_robot(platform: Any, ctx: RequestContext, params: dict[str, Any]) -
     return view
 
 
-def paged(params: dict[str, Any], kind: str, filters: dict[str, str], rows: list) -> tuple[list, str | None]:
-    scope = f"{kind}:" + json.dumps(filters, sort_keys=True)
-    return paginate(params, rows, scope, DEFAULT_PAGE, DEFAULT_PAGE)
-
-
 @operation("ListRobots")
 def list_robots(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     filters = exact_filters(params, LIST_FILTERS)
@@ -130,7 +124,7 @@ def list_robots(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> d
         rows = store.list_robots(
             session, ctx.account_id, ctx.region, status=filters.get("status"), fleet_arns=fleet_arns
         )
-    window, token = paged(params, "robots", filters, rows)
+    window, token = paginate_filtered(params, rows, "robots", filters, DEFAULT_PAGE)
     return {"robots": [robot_summary(robot) for robot in window], "nextToken": token}
 
 

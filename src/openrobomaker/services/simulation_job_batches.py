@@ -30,7 +30,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import decode_token, exact_filters, page, page_size
+from openrobomaker.services.pagination import decode_token, exact_filters, filtered_scope, page, page_size
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_job_batches as store
 from openrobomaker.store.simulation_job_batches import CREATED, DROPPED, FAILED, PENDING
@@ -276,7 +276,7 @@ def describe_simulation_job_batch(
 def list_simulation_job_batches(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     filters = exact_filters(params, LIST_FILTERS)
     limit = page_size(params, DEFAULT_PAGE, DEFAULT_PAGE)
-    scope = "batches:" + json.dumps(filters, sort_keys=True)
+    scope = filtered_scope("batches", filters)
     offset = decode_token(params.get("nextToken"), scope)
     with platform.db.read() as session:
         rows = store.list_batches(

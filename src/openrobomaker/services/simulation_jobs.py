@@ -29,7 +29,7 @@ from openrobomaker.services.errors import (
     LimitExceeded,
     ResourceNotFound,
 )
-from openrobomaker.services.pagination import exact_filters, paginate
+from openrobomaker.services.pagination import exact_filters, paginate_filtered
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_jobs as store
 from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
@@ -290,7 +290,6 @@ def batch_describe_simulation_job(
 @operation("ListSimulationJobs")
 def list_simulation_jobs(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     filters = exact_filters(params, LIST_FILTERS)
-    scope = "jobs:" + json.dumps(filters, sort_keys=True)
     with platform.db.read() as session:
         rows = store.list_jobs(
             session, ctx.account_id, ctx.region, status=filters.get("status"), offset=0, limit=10**9
@@ -301,7 +300,7 @@ def list_simulation_jobs(platform: Any, ctx: RequestContext, params: dict[str, A
         if filters.get("simulationApplicationName") in (None, *_app_names(job, "simulation"))
         and filters.get("robotApplicationName") in (None, *_app_names(job, "robot"))
     ]
-    window, token = paginate(params, by_name, scope, DEFAULT_PAGE, DEFAULT_PAGE)
+    window, token = paginate_filtered(params, by_name, "jobs", filters, DEFAULT_PAGE)
     result: dict[str, Any] = {"simulationJobSummaries": [job_summary(job) for job in window]}
     if token:
         result["nextToken"] = token

@@ -197,8 +197,3 @@ def unfinished_for_robot(session: Session, robot_arn: str) -> list[RobotDeployme
         RobotDeploymentRow.robot_arn == robot_arn, RobotDeploymentRow.status.in_((WAITING, DEPLOYING))
     )
     return list(session.scalars(query))
-
-
-def deploying_robot_deployments(session: Session) -> list[RobotDeploymentRow]:
-    query = select(RobotDeploymentRow).where(RobotDeploymentRow.status == DEPLOYING)
-    return list(session.scalars(query))

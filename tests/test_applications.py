@@ -17,6 +17,9 @@ from botocore.exceptions import ClientError
 
 from helpers import running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
+from openrobomaker.store import applications as app_store
+from openrobomaker.store import tags as tag_store
+from openrobomaker.store.db import Database, FastResult, sqlite_url
 
 BUNDLE_BUCKET = "bundles"
 ACCOUNT = "000000000000"
@@ -729,3 +732,91 @@ def test_list_with_a_page_size_below_one_is_refused_or_still_pages(rm, app, max_
         listed += [s["arn"] for s in page["robotApplicationSummaries"]]
     assert created["arn"] in listed
     assert len(listed) == len(set(listed))
+
+
+# --- the fast read path of Describe (store/db.py FastReader) ------------------------------------------
+
+
+@pytest.fixture
+def database(tmp_path):
+    db = Database(sqlite_url(tmp_path))
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+def _add_application(db: Database, name: str, spec: dict) -> str:
+    arn = f"arn:aws:robomaker:{REGION}:{ACCOUNT}:robot-application/{name}/1551203427717"
+    with db.transaction() as session:
+        row = app_store.ApplicationRow(
+            account_id=ACCOUNT, region=REGION, kind="robot", name=name, arn=arn, created_ms=1
+        )
+        session.add(row)
+        session.flush()
+        session.add(
+            app_store.ApplicationVersionRow(
+                application_id=row.id,
+                version=app_store.LATEST,
+                version_number=None,
+                revision_id="r1",
+                last_updated_at=1551203427.717,
+                spec=spec,
+            )
+        )
+        tag_store.put_tags(session, arn, {"b": "2", "a": "1"})
+    return arn
+
+
+def test_fast_reads_match_sqlalchemy_reads(database):
+    spec = {"robotSoftwareSuite": {"name": "ROS", "version": "Melodic"}, "sources": [{"etag": "e"}]}
+    arn = _add_application(database, "fast", spec)
+    with database.connect() as connection:
+        expected = app_store.describe_row(connection, arn, app_store.LATEST)
+        expected_tags = tag_store.get_tags(connection, arn)
+    results = []
+    for _ in range(3):  # first sight through SQLAlchemy, then prepared
+        with database.reader() as reader:
+            results.append(reader.execute(app_store._DESCRIBE, {"arn": arn, "version": app_store.LATEST}))
+            row = app_store.describe_row(reader, arn, app_store.LATEST)
+            assert tuple(row) == tuple(expected)
+            assert (row.spec, row.kind, row.last_updated_at) == (spec, "robot", 1551203427.717)
+            assert tag_store.get_tags(reader, arn) == expected_tags == {"a": "1", "b": "2"}
+            assert app_store.describe_row(reader, arn, "1") is None
+    assert isinstance(results[-1], FastResult)
+
+
+def test_fast_reads_see_every_committed_write(database):
+    arn = _add_application(database, "fresh", {"robotSoftwareSuite": {"name": "ROS"}})
+    for value in ("1", "2", "3"):
+        with database.transaction() as session:
+            tag_store.put_tags(session, arn, {"a": value})
+        with database.reader() as reader:
+            assert tag_store.get_tags(reader, arn)["a"] == value
+
+
+def test_statements_built_per_call_run_through_sqlalchemy(database):
+    _add_application(database, "listed", {"robotSoftwareSuite": {"name": "ROS"}})
+    for _ in range(3):
+        with database.reader() as reader:
+            rows = app_store.list_versions(
+                reader, ACCOUNT, REGION, "robot", name=None, all_versions=False, offset=0, limit=10
+            )
+            assert [row.name for row in rows] == ["listed"]
+
+
+def test_a_prepared_statement_still_needs_its_parameters(database):
+    arn = _add_application(database, "params", {"robotSoftwareSuite": {"name": "ROS"}})
+    with database.reader() as reader:
+        for _ in range(2):
+            app_store.application_identity(reader, arn)
+        with pytest.raises(KeyError, match="arn"):
+            reader.execute(app_store._EXISTS, {})
+
+
+def test_reader_connections_close_with_the_database_and_reopen(database):
+    arn = _add_application(database, "reopen", {"robotSoftwareSuite": {"name": "ROS"}})
+    with database.reader() as reader:
+        assert app_store.application_identity(reader, arn).kind == "robot"
+    database.dispose()
+    with database.reader() as reader:
+        assert app_store.application_identity(reader, arn).kind == "robot"

@@ -6,7 +6,9 @@ the bytes and headers the server answers with.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 import uuid
 from urllib.parse import quote
@@ -18,12 +20,18 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
+from openrobomaker.config import build_settings
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
+from openrobomaker.server import build_server_app
 
 BUCKET = "protocol-bundles"
 SUITE = {"name": "ROS", "version": "Melodic"}
 UNKNOWN_ARN = "arn:aws:robomaker:us-east-1:000000000000:robot-application/nothing-here/1551203427717"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def signed(
@@ -303,3 +311,98 @@ def test_a_percent_encoded_newline_in_the_path_gets_an_api_error(server, path):
     if path.startswith("/tags/"):
         assert response.json()["__type"] == "InvalidParameterException"
         assert "resourceArn" in response.json()["message"]
+
+
+# --- the raw ASGI fast path ---------------------------------------------------------------------------
+
+
+def test_a_success_carries_json_length_and_request_id_headers(server, app_arn):
+    response = signed(
+        server.endpoint, "POST", "/describeRobotApplication", json.dumps({"application": app_arn}).encode()
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert UUID_RE.match(response.headers["x-amzn-RequestId"])
+    assert "x-amzn-ErrorType" not in response.headers
+
+
+def test_a_chunked_request_body_is_read_whole(server, app_arn):
+    body = json.dumps({"application": app_arn}).encode()
+    request = AWSRequest(
+        method="POST",
+        url=f"{server.endpoint}/describeRobotApplication",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    SigV4Auth(Credentials("test", "test"), "robomaker", "us-east-1").add_auth(request)
+    headers = dict(request.prepare().headers.items())
+    headers.pop("Content-Length", None)
+
+    def pieces():  # a generator body goes out with Transfer-Encoding: chunked, in several chunks
+        yield body[:10]
+        yield body[10:]
+
+    response = httpx.post(request.url, headers=headers, content=pieces(), timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["arn"] == app_arn
+
+
+def test_control_plane_paths_keep_their_starlette_answers(server):
+    assert httpx.get(f"{server.endpoint}/health").json() == {"status": "ok"}
+    # No route of the runner channel matches: the router's fallback still answers in the API's format.
+    missing = signed(server.endpoint, "POST", "/_runner/v1/nothing", b"{}")
+    assert_error_format(missing, 404, "UnknownOperationException")
+
+
+def _asgi_call(app, method: str, path: str) -> int:
+    """One request through the ASGI app in process; returns the status it answered with."""
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_api_requests_skip_starlette_and_control_plane_routes_do_not(tmp_path, monkeypatch):
+    app = build_server_app(build_settings(None, data_dir=tmp_path, host="127.0.0.1", port=1))
+    seen_by_starlette: list[str] = []
+    original = Starlette.__call__
+
+    async def spy(self, scope, receive, send):
+        seen_by_starlette.append(scope["path"])
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(Starlette, "__call__", spy)
+    try:
+        assert _asgi_call(app, "POST", "/listRobotApplications") == 403  # unsigned, answered by the API
+        assert _asgi_call(app, "GET", "/noSuchOperation") == 403
+        assert seen_by_starlette == []
+        assert _asgi_call(app, "GET", "/health") == 200
+        assert _asgi_call(app, "POST", "/_runner/v1/jobs/x/report") == 400  # the channel's own answer
+        assert seen_by_starlette == ["/health", "/_runner/v1/jobs/x/report"]
+        # A route added later (a console, say) is honoured from the next request on.
+        app.router.routes.append(Route("/console", lambda _request: Response("hi"), methods=["GET"]))
+        assert _asgi_call(app, "GET", "/console") == 200
+        assert seen_by_starlette[-1] == "/console"
+    finally:
+        app.state.platform.db.dispose()

@@ -16,6 +16,7 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
+from openrobomaker.api import sigv4
 from openrobomaker.api.sigv4 import AuthError, Credential, Identity, verify_request
 
 ENDPOINT = "http://localhost:8080"
@@ -613,3 +614,58 @@ def wire_from_request_prepared(prepared) -> Wire:
     return Wire(
         prepared.method, parts.path, parts.query, headers, body.encode() if isinstance(body, str) else body
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Caches on the hot path (derived signing keys, parsed dates, canonical paths) never change an answer
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_a_cached_signing_key_does_not_let_another_secret_through():
+    good = sign_header("POST", "/describeRobotApplication", describe_body())
+    assert verify(good).account_id == ACCOUNT_ID  # derives and caches the key for (SECRET, day, region)
+    bad = sign_header("POST", "/describeRobotApplication", describe_body(), secret=SECRET + "x")
+    assert_rejected(bad, "InvalidSignatureException", MSG_MISMATCH)
+    assert verify(good).account_id == ACCOUNT_ID
+
+
+def test_signing_keys_are_per_region_and_day():
+    assert verify(sign_header("GET", f"/tags/{ENCODED_ARN}", region="eu-west-1")).region == "eu-west-1"
+    assert verify(sign_header("GET", f"/tags/{ENCODED_ARN}")).region == REGION
+    next_day = SIGNED_AT + timedelta(days=1)
+    wire = sign_header("GET", f"/tags/{ENCODED_ARN}")
+    later = with_header(wire, "X-Amz-Date", next_day.strftime("%Y%m%dT%H%M%SZ"))
+    # The scope still names the first day: refused before any key is derived.
+    assert_rejected(later, "InvalidSignatureException", now=next_day)
+
+
+def test_a_long_region_or_path_is_verified_without_being_cached():
+    # Region and path come from the request: long ones must not be able to fill the caches.
+    keys, paths = sigv4._cached_signing_key.cache_info, sigv4._cached_canonical_uri.cache_info
+    before = keys().currsize, paths().currsize
+    region = "r" * 300
+    short_path = "/tags/" + quote(ARN + "-short-and-new", safe="")
+    identity = verify(sign_header("GET", short_path, region=region))
+    assert identity.region == region
+    long_path = "/tags/" + quote(ARN + "x" * 300, safe="")
+    assert verify(sign_header("GET", long_path, region="eu-central-1")).account_id == ACCOUNT_ID
+    assert keys().currsize == before[0] + 1  # eu-central-1 only
+    assert paths().currsize == before[1] + 1  # the short path only
+    tampered = with_header(sign_header("GET", long_path), "Host", "elsewhere:1")
+    assert_rejected(tampered, "InvalidSignatureException", MSG_MISMATCH)
+
+
+@pytest.mark.parametrize(
+    "amz_date", ["20190230T120000Z", "20191301T120000Z", "20190301T240000Z", "20190301T126000Z"]
+)
+def test_impossible_calendar_dates_are_incomplete(amz_date):
+    wire = with_header(sign_header("GET", f"/tags/{ENCODED_ARN}"), "X-Amz-Date", amz_date)
+    error = assert_rejected(wire, "IncompleteSignatureException")
+    assert error.message.startswith(f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'.")
+
+
+def test_the_same_date_parses_the_same_for_clock_checks_each_time():
+    wire = sign_header("GET", f"/tags/{ENCODED_ARN}")
+    for _ in range(3):  # the second and third hit the parsed-date cache
+        assert verify(wire).account_id == ACCOUNT_ID
+        assert_rejected(wire, "InvalidSignatureException", now=SIGNED_AT + timedelta(minutes=16))

@@ -2,6 +2,11 @@
 
 Knows HTTP and the API definitions; hands validated parameters to `services.registry.dispatch` by
 operation name and knows nothing of what the operations mean.
+
+API requests are served by a plain ASGI callable (`RoboMakerApi.serve`): read the body, verify SigV4,
+dispatch, answer with two `send` calls. Starlette's request/response objects, router and middleware cost
+more per request than the whole describe path's database work, so only the control plane's own routes
+(`/health`, the runner and agent channels) go through Starlette.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +39,12 @@ log = logging.getLogger("openrobomaker.api")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _READ_PREFIXES = ("Describe", "List", "BatchDescribe", "Get")
 _ALWAYS_DECLARED = {"InternalServerException", "ServiceUnavailableException", "ThrottlingException"}
+_JSON = (b"content-type", b"application/json")
+_LOG_FORMAT = "%s %s %s %d %.1fms account=%s request=%s"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
 
 
 class WireError(Exception):
@@ -58,14 +70,62 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class _Located:
+    """An input member carried in the URI or the query string rather than the JSON body."""
+
+    name: str
+    wire_name: str
+    in_uri: bool
+    is_list: bool
+
+
+@dataclass
+class Answer:
+    """What goes back on the wire for one API request."""
+
+    status: int
+    body: bytes
+    request_id: str
+    error_code: str | None = None
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            _JSON,
+            (b"content-length", str(len(self.body)).encode()),
+            (b"x-amzn-requestid", self.request_id.encode()),
+        ]
+        if self.error_code is not None:
+            headers.append((b"x-amzn-errortype", self.error_code.encode()))
+        return headers
+
+
+def _error(code: str, message: str, status: int, request_id: str) -> Answer:
+    return Answer(status, orjson.dumps({"__type": code, "message": message}), request_id, code)
+
+
 class RoboMakerApi:
     def __init__(self, platform: Any, definitions: ApiDefinitions | None = None):
         self.platform = platform
         self.definitions = definitions or load_definitions()
         self.validator = Validator(self.definitions)
         self.lookup: Callable[[str], Credential | None] = self._lookup_credential
+        # Keys from the config file are fixed for the server's life; minted ones (jobs, robots) may be
+        # revoked at any time, so those are looked up on every request.
+        self._configured: dict[str, Credential] = {
+            cred.access_key_id: Credential(
+                cred.access_key_id, cred.secret_access_key, cred.account_id, cred.session_token
+            )
+            for cred in getattr(getattr(platform, "settings", None), "credentials", ())
+        }
+        self._located: dict[str, tuple[_Located, ...]] = {
+            name: self._located_members(operation) for name, operation in self.definitions.operations.items()
+        }
 
     def _lookup_credential(self, access_key_id: str) -> Credential | None:
+        configured = self._configured.get(access_key_id)
+        if configured is not None:
+            return configured
         secret = identities.find_secret(self.platform, access_key_id)
         if secret is None:
             return None
@@ -77,22 +137,42 @@ class RoboMakerApi:
             principal=secret.principal,
         )
 
+    # --- ASGI ---------------------------------------------------------------------------------------
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The whole API request as a raw ASGI exchange."""
+        raw_path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        answer = await self.answer(scope["method"], raw_path, raw_query, headers, receive)
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.raw_headers()})
+        await send({"type": "http.response.body", "body": answer.body})
+
     async def handle(self, request: Request) -> Response:
+        """The same exchange for a request that already went through Starlette (the router's fallback)."""
+        raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
+        raw_query = request.scope.get("query_string", b"").decode("latin-1")
+        headers = list(request.headers.items())
+        answer = await self.answer(request.method, raw_path, raw_query, headers, request.receive)
+        return Response(
+            answer.body,
+            status_code=answer.status,
+            headers=_header_dict(answer),
+            media_type="application/json",
+        )
+
+    async def answer(
+        self, method: str, raw_path: str, raw_query: str, headers: list[tuple[str, str]], receive: Receive
+    ) -> Answer:
         request_id = str(uuid.uuid4())
         started = time.perf_counter()
-        operation_name, account, status = "-", "-", 500
+        operation_name, account, answer = "-", "-", None
         try:
-            body = await self._read_body(request)
-            raw_path = (
-                request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
-            )
-            raw_query = request.scope.get("query_string", b"").decode("latin-1")
+            body = await self._read_body(headers, receive)
             # Signature checks are a few HMACs: cheaper inline than a thread hop.
-            identity = verify_request(
-                request.method, raw_path, raw_query, request.headers.items(), body, self.lookup
-            )
+            identity = verify_request(method, raw_path, raw_query, headers, body, self.lookup)
             account = identity.account_id
-            operation, labels = self._route(request.method, raw_path)
+            operation, labels = self._route(method, raw_path)
             operation_name = operation.name
             params = self._parse_input(operation, labels, raw_query, body)
             self._validate(operation, params)
@@ -103,39 +183,37 @@ class RoboMakerApi:
                 request_id=request_id,
             )
             result = await self._dispatch(operation, ctx, params)
-            status = 200
-            return Response(
-                orjson.dumps(_without_none(result)),
-                status_code=200,
-                headers={"x-amzn-RequestId": request_id},
-                media_type="application/json",
-            )
-        except AuthError as exc:
-            status = exc.status
-            return error_response(exc.code, exc.message, exc.status, request_id)
-        except WireError as exc:
-            status = exc.status
-            return error_response(exc.code, exc.message, exc.status, request_id)
+            answer = Answer(200, orjson.dumps(_without_none(result)), request_id)
+        except (AuthError, WireError) as exc:
+            answer = _error(exc.code, exc.message, exc.status, request_id)
         except ApiError as exc:
             code = self._declared_code(operation_name, exc.code)
-            status = self.definitions.error_status(code)
-            return error_response(code, exc.message, status, request_id)
+            answer = _error(code, exc.message, self.definitions.error_status(code), request_id)
         except Exception:  # a bug must still answer in the API's format, and be logged with its request id
             log.exception("internal error in %s (request %s)", operation_name, request_id)
-            return error_response(
+            answer = _error(
                 "InternalServerException", f"Internal error (request {request_id})", 500, request_id
             )
         finally:
-            log.info(
-                "%s %s %s %d %.1fms account=%s request=%s",
-                request.method,
-                request.url.path,
-                operation_name,
-                status,
-                (time.perf_counter() - started) * 1000,
-                account,
-                request_id,
-            )
+            status = answer.status if answer is not None else 500
+            elapsed = (time.perf_counter() - started) * 1000
+            self._log(method, raw_path, operation_name, status, elapsed, account, request_id)
+        return answer
+
+    @staticmethod
+    def _log(
+        method: str, path: str, operation: str, status: int, ms: float, account: str, request_id: str
+    ) -> None:
+        """The one info line per request.
+
+        Made and handed to the handlers directly: `log.info` would also walk the stack to find the
+        caller's file and line, a third of the line's cost, for fields the format does not show.
+        """
+        if log.isEnabledFor(logging.INFO):
+            args = (method, path, operation, status, ms, account, request_id)
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _LOG_FORMAT, args, None))
+
+    # --- steps --------------------------------------------------------------------------------------
 
     async def _dispatch(
         self, operation: Operation, ctx: RequestContext, params: dict[str, Any]
@@ -157,21 +235,28 @@ class RoboMakerApi:
             return code
         return "InvalidParameterException"
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    @staticmethod
+    async def _read_body(headers: list[tuple[str, str]], receive: Receive) -> bytes:
+        declared = next((value for name, value in headers if name.lower() == "content-length"), None)
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise WireError(
                 "InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; what arrived is answered (and the answer dropped)
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise WireError(
                     "InvalidParameterException", f"request body larger than {MAX_BODY_BYTES} bytes", 400
                 )
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _route(self, method: str, raw_path: str) -> tuple[Operation, dict[str, str]]:
         found = self.definitions.route(method, raw_path)
@@ -180,6 +265,17 @@ class RoboMakerApi:
                 "UnknownOperationException", f"no RoboMaker operation at {method} {raw_path}", 404
             )
         return found
+
+    def _located_members(self, operation: Operation) -> tuple[_Located, ...]:
+        if operation.input_shape is None:
+            return ()
+        located = []
+        for name, member in self.definitions.shape(operation.input_shape).get("members", {}).items():
+            location = member.get("location")
+            if location in ("uri", "querystring"):
+                is_list = self.definitions.shape(member["shape"])["type"] == "list"
+                located.append(_Located(name, member.get("locationName", name), location == "uri", is_list))
+        return tuple(located)
 
     def _parse_input(
         self, operation: Operation, labels: dict[str, str], raw_query: str, body: bytes
@@ -194,18 +290,17 @@ class RoboMakerApi:
                 ) from exc
             if not isinstance(params, dict):
                 raise WireError("SerializationException", "the request body must be a JSON object", 400)
-        if operation.input_shape is None:
+        located = self._located.get(operation.name, ())
+        if not located:
             return params
-        members = self.definitions.shape(operation.input_shape).get("members", {})
         query = parse_qs(raw_query, keep_blank_values=True) if raw_query else {}
-        for name, member in members.items():
-            location = member.get("location")
-            wire_name = member.get("locationName", name)
-            if location == "uri" and wire_name in labels:
-                params[name] = labels[wire_name]
-            elif location == "querystring" and wire_name in query:
-                is_list = self.definitions.shape(member["shape"])["type"] == "list"
-                params[name] = query[wire_name] if is_list else query[wire_name][0]
+        for member in located:
+            if member.in_uri:
+                if member.wire_name in labels:
+                    params[member.name] = labels[member.wire_name]
+            elif member.wire_name in query:
+                values = query[member.wire_name]
+                params[member.name] = values if member.is_list else values[0]
         return params
 
     def _validate(self, operation: Operation, params: dict[str, Any]) -> None:
@@ -215,7 +310,50 @@ class RoboMakerApi:
             raise WireError("InvalidParameterException", str(exc), 400) from exc
 
 
-def build_app(platform: Any, extra_routes: list | None = None) -> Starlette:
+def _header_dict(answer: Answer) -> dict[str, str]:
+    headers = {"x-amzn-RequestId": answer.request_id}
+    if answer.error_code is not None:
+        headers["x-amzn-ErrorType"] = answer.error_code
+    return headers
+
+
+class RoboMakerApp(Starlette):
+    """Starlette for the control plane's own routes; every other HTTP request goes straight to the API."""
+
+    def __init__(self, api: RoboMakerApi, routes: list):
+        super().__init__(routes=routes)
+        self.api = api
+        self._route_count = -1
+        self._starlette_segments: frozenset[str] | None = frozenset()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._is_api_path(scope["path"]):
+            await self.api.serve(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _is_api_path(self, path: str) -> bool:
+        segments = self._own_first_segments()
+        if segments is None:
+            return False  # a route with a parameter up front could match anything: let Starlette decide
+        return _first_segment(path) not in segments
+
+    def _own_first_segments(self) -> frozenset[str] | None:
+        """First path segments of Starlette's routes (`health`, `_runner`, ...); no API URI starts so."""
+        routes = self.router.routes
+        if len(routes) != self._route_count:  # recomputed only when a route was added
+            firsts = {_first_segment(getattr(route, "path", "")) for route in routes}
+            # An empty or parameterised first segment could match anything: then Starlette decides all.
+            self._starlette_segments = None if any(not s or "{" in s for s in firsts) else frozenset(firsts)
+            self._route_count = len(routes)
+        return self._starlette_segments
+
+
+def _first_segment(path: str) -> str:
+    return path.split("/", 2)[1] if path.startswith("/") else ""
+
+
+def build_app(platform: Any, extra_routes: list | None = None) -> RoboMakerApp:
     api = RoboMakerApi(platform)
 
     async def health(_request: Request) -> Response:
@@ -228,7 +366,7 @@ def build_app(platform: Any, extra_routes: list | None = None) -> Starlette:
         await response(scope, receive, send)
 
     routes = [Route("/health", health, methods=["GET"]), *(extra_routes or [])]
-    app = Starlette(routes=routes)
+    app = RoboMakerApp(api, routes)
     app.router.default = every_other_path
     app.state.api = api
     return app

@@ -311,7 +311,7 @@ def describe_application(
     version = params.get("applicationVersion") or LATEST
     arn = params["application"]
     owned_arn(ctx, arn, kind.arn_type, "application")
-    with platform.db.connect() as connection:
+    with platform.db.reader() as connection:
         row = store.describe_row(connection, arn, version)
         if row is None or row.kind != kind.name:
             identity = store.application_identity(connection, arn)
@@ -336,7 +336,7 @@ def list_applications(
     limit = page_size(params, DEFAULT_PAGE)
     scope = f"{kind.name}:{name}:{params.get('versionQualifier')}"
     offset = decode_token(params.get("nextToken"), scope)
-    with platform.db.connect() as session:
+    with platform.db.reader() as session:
         rows = store.list_versions(
             session,
             ctx.account_id,

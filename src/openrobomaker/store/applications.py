@@ -91,6 +91,45 @@ def count_numbered_versions(session: Session, application_id: int) -> int:
     )
 
 
+def _list_statement(*, by_name: bool, all_versions: bool):
+    query = (
+        select(
+            ApplicationRow.arn,
+            ApplicationRow.name,
+            ApplicationVersionRow.version,
+            ApplicationVersionRow.last_updated_at,
+            ApplicationVersionRow.spec,
+        )
+        .join(ApplicationVersionRow, ApplicationVersionRow.application_id == ApplicationRow.id)
+        .where(
+            ApplicationRow.account_id == bindparam("account_id"),
+            ApplicationRow.region == bindparam("region"),
+            ApplicationRow.kind == bindparam("kind"),
+        )
+    )
+    if by_name:
+        query = query.where(ApplicationRow.name == bindparam("name"))
+    if not all_versions:
+        query = query.where(ApplicationVersionRow.version == LATEST)
+    return (
+        query.order_by(
+            ApplicationRow.name,
+            ApplicationVersionRow.version_number.is_not(None),
+            ApplicationVersionRow.version_number,
+        )
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+
+
+# Built once: a statement object that comes back by identity is compiled once by `Database.reader()`.
+_LIST = {
+    (by_name, all_versions): _list_statement(by_name=by_name, all_versions=all_versions)
+    for by_name in (False, True)
+    for all_versions in (False, True)
+}
+
+
 def list_versions(
     session: Session | Connection,
     account_id: str,
@@ -103,31 +142,10 @@ def list_versions(
     limit: int,
 ) -> list[Row]:
     """Summary columns of application versions, one flat row each (no ORM objects: a hot path)."""
-    query = (
-        select(
-            ApplicationRow.arn,
-            ApplicationRow.name,
-            ApplicationVersionRow.version,
-            ApplicationVersionRow.last_updated_at,
-            ApplicationVersionRow.spec,
-        )
-        .join(ApplicationVersionRow, ApplicationVersionRow.application_id == ApplicationRow.id)
-        .where(
-            ApplicationRow.account_id == account_id,
-            ApplicationRow.region == region,
-            ApplicationRow.kind == kind,
-        )
-    )
+    params = {"account_id": account_id, "region": region, "kind": kind, "offset": offset, "limit": limit}
     if name is not None:
-        query = query.where(ApplicationRow.name == name)
-    if not all_versions:
-        query = query.where(ApplicationVersionRow.version == LATEST)
-    query = query.order_by(
-        ApplicationRow.name,
-        ApplicationVersionRow.version_number.is_not(None),
-        ApplicationVersionRow.version_number,
-    )
-    return list(session.execute(query.offset(offset).limit(limit)).all())
+        params["name"] = name
+    return list(session.execute(_LIST[(name is not None, all_versions)], params).all())
 
 
 def delete_application(session: Session, app_row: ApplicationRow) -> None:

@@ -9,12 +9,18 @@ real agent's outbox does. Also measured: server memory and CPU per connected idl
 wave's time goes.
 
 All 200 agents live in this one Python process, on the same cores as the server. Downloads are read with a
-minimal HTTP/1.1 reader (`--client lean`: one reusable buffer per connection, hashed and written as it
-arrives, ~3 ms of CPU per MiB, most of it MD5) rather than httpx (`--client httpx`: ~6-9 ms per MiB, 25-35 s
-of this process's CPU for the 4 GB), which would otherwise measure httpx more than the server. Polls and
-reports go through httpx either way.
+minimal HTTP/1.1 reader (`--client lean`: a worker thread per download on a blocking socket, one reused
+buffer, hashed and written as it arrives, ~3 ms of CPU per MiB, most of it MD5) rather than httpx
+(`--client httpx`: ~6-9 ms per MiB, 25-35 s of this process's CPU for the 4 GB), which would otherwise
+measure httpx more than the server; polls and reports likewise (`--control lean|httpx`). The agents follow
+the server's sendfile tickets (a poll answer's `bundleUrl`, or the channel's `307`) as the real agent does.
+
+Also reported: the transport+hash floor of this host (the same simulated downloads from a trivial static
+sendfile server, no authorization or bookkeeping) and the CPU per MiB of the server, the agents and the
+ideal copy.
 
     python bench/deploy_bench.py [--robots 200] [--size-mb 20] [--percentage 25] [--client lean|httpx]
+        [--control lean|httpx] [--agent-nice 10] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +55,14 @@ from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E40
 from openrobomaker.services.deployment_jobs import wave_size  # noqa: E402
 
 
+def md5_hex(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -52,9 +70,29 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of `pid` (its event loop is the thread whose id is `pid`)."""
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            times[int(task.name)] = cpu_seconds(pid, int(task.name))
+    return times
+
+
+def server_cpu_split(pid: int, before: dict[int, float], total: float) -> dict[str, float]:
+    """Where the server's CPU went during the deployment: its event loop (HTTP, SigV4, the agent channel),
+    its long-lived worker threads (store reads and writes, the controller), and threads that have ended
+    since (the sendfile listener's, one per bundle fetch: the kernel's sending)."""
+    after = thread_cpu(pid)
+    loop = after.get(pid, 0.0) - before.get(pid, 0.0)
+    workers = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid != pid)
+    return {"event loop": loop, "worker threads": workers, "ended threads": max(0.0, total - loop - workers)}
 
 
 RETRIES = 10
@@ -66,120 +104,153 @@ class DownloadStatusError(Exception):
         self.status = status
 
 
-# Hashing and writing the received bytes runs in these threads (MD5 and file writes release the GIL), as
-# each real agent hashes on its own robot: 200 agents' MD5 on this process's one event-loop thread would
-# make the simulation, not the server, the bottleneck.
-HASHERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="agent-md5")
-HANDOFF_BYTES = 256 * 1024
+REDIRECTS = (301, 302, 303, 307, 308)
+# Each download runs in its own worker thread on a blocking socket, as each real agent downloads on its own
+# robot: receive into one reused buffer, hash, write, repeat. recv, MD5 and the file write all release the
+# GIL, so the 50 downloads of a wave use both cores and this process's event loop (polls and reports of
+# all 200 agents) is not in the data path at all.
+#
+# On a real fleet each robot hashes on its own CPU and never slows the server. Here the 50 download threads
+# of a wave share 2 cores with the server, and Linux shares CPU per thread: the server's event loop would
+# get ~1/50 of it, and each robot's polls and reports would crawl behind the bulk work. With `--agent-nice`
+# (default 10) the download threads run at a lower priority than the server and the agents' control traffic;
+# they still do all the work (the CPU they use is measured and reported), only later in line.
+AGENT_NICE = 10
 
 
-class _BodyReader(asyncio.BufferedProtocol):
-    """One GET's answer read straight into a buffer: status line and headers, then the body, hashed and
-    written to `out` in a worker thread every HANDOFF_BYTES (reading pauses meanwhile; the kernel's socket
-    buffer keeps receiving)."""
-
-    def __init__(self, out, digest, on_first_byte, size: int = 1 << 20):
-        self.view = memoryview(bytearray(size))
-        self.filled = 0
-        self.out, self.digest, self.on_first_byte = out, digest, on_first_byte
-        self.head = b""
-        self.status: int | None = None
-        self.headers: dict[str, str] = {}
-        self.remaining = -1
-        self.error_body = b""
-        self.transport = None
-        self.pending: asyncio.Future | None = None  # a hand-off in progress
-        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view[self.filled :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.status is None:
-            self.head += bytes(self.view[:nbytes])
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = self.head[:end].decode("latin-1").split("\r\n")
-            self.status = int(lines[0].split()[1])
-            self.headers = {
-                name.strip().lower(): value.strip() for name, value in (ln.split(":", 1) for ln in lines[1:])
-            }
-            self.remaining = int(self.headers.get("content-length", "0"))
-            body = self.head[end + 4 :]
-            nbytes = len(body)
-            self.view[:nbytes] = body
-        if nbytes and self.status >= 300:
-            self.error_body += bytes(self.view[:nbytes])
-        elif nbytes:
-            if not self.filled and self.pending is None:
-                self.on_first_byte()
-            self.filled += nbytes
-        self.remaining -= nbytes
-        if self.filled >= HANDOFF_BYTES or (self.remaining <= 0 and self.filled):
-            self._hand_off()
-        elif self.remaining <= 0 and self.pending is None and not self.done.done():
-            self.done.set_result(None)
-
-    def _hand_off(self) -> None:
-        filled, self.filled = self.filled, 0
-        self.transport.pause_reading()
-        loop = asyncio.get_running_loop()
-        self.pending = loop.run_in_executor(HASHERS, self._consume, self.view[:filled])
-        self.pending.add_done_callback(self._handed_off)
-
-    def _consume(self, data: memoryview) -> None:
-        self.digest.update(data)
-        self.out.write(data)
-
-    def _handed_off(self, future: asyncio.Future) -> None:
-        self.pending = None
-        if future.exception() is not None:
-            if not self.done.done():
-                self.done.set_exception(future.exception())
-            return
-        if self.remaining <= 0:
-            if not self.done.done():
-                self.done.set_result(None)
-        elif not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done() and (self.remaining > 0 or self.status is None):
-            self.done.set_exception(
-                ConnectionError(f"connection lost with {self.remaining} bytes to go ({exc!r})")
-            )
+def _lower_priority() -> None:
+    if AGENT_NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)  # Linux: 0 is the calling thread
 
 
-async def lean_get(url: str, headers: dict, out, digest, on_first_byte, timeout: float) -> _BodyReader:
+DOWNLOADERS = ThreadPoolExecutor(
+    max_workers=256, thread_name_prefix="agent-download", initializer=_lower_priority
+)
+RECV_BYTES = 256 * 1024  # fits in L2: the kernel's copy, MD5 and the write read it from cache
+MAX_HEAD = 64 * 1024
+
+
+def fetch(url: str, headers: dict, out, digest, on_first_byte, timeout: float) -> tuple[int, dict, bytes]:
+    """One GET on a fresh connection, in the calling (worker) thread. Returns (status, headers, body of a
+    non-2xx answer); a 2xx body is hashed and written to `out` as it arrives, never held."""
     parts = urlsplit(url)
-    reader = _BodyReader(out, digest, on_first_byte)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_connection(lambda: reader, parts.hostname, parts.port)
-    try:
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        # blocking from here, with a kernel receive timeout: MSG_WAITALL fills the whole buffer per call
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(timeout), 0))
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "host"]
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        await asyncio.wait_for(reader.done, timeout)
-    finally:
-        transport.close()
-        if reader.pending is not None:
-            await asyncio.wait([reader.pending])  # the file is not touched after this returns
-    if reader.status >= 300:
-        raise DownloadStatusError(reader.status, reader.error_body)
-    return reader
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        view = memoryview(bytearray(RECV_BYTES))
+        head = b""
+        while (end := head.find(b"\r\n\r\n")) < 0:
+            count = sock.recv_into(view)
+            if not count or len(head) > MAX_HEAD:
+                raise ConnectionError("connection closed before the answer's headers")
+            head += view[:count]
+        lines = head[:end].decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        answer = {
+            name.strip().lower(): value.strip() for name, value in (ln.split(":", 1) for ln in lines[1:])
+        }
+        remaining = int(answer.get("content-length", "0"))
+        body = head[end + 4 :]
+        if status >= 300:  # an error or a redirect: a small body, kept for the error message
+            while len(body) < remaining and (count := sock.recv_into(view)):
+                body += view[:count]
+            return status, answer, body
+        if body:
+            on_first_byte()
+            digest.update(body)
+            out.write(body)
+            remaining -= len(body)
+        while remaining > 0:
+            count = sock.recv_into(view, min(RECV_BYTES, remaining), socket.MSG_WAITALL)
+            if not count:
+                raise ConnectionError(f"connection lost with {remaining} bytes to go")
+            on_first_byte()
+            chunk = view[:count]
+            digest.update(chunk)
+            out.write(chunk)
+            remaining -= count
+        return status, answer, b""
+
+
+class LeanControl:
+    """One agent's keep-alive HTTP/1.1 connection for its polls and reports (SigV4-signed JSON POSTs), with
+    no more work per request than the protocol needs; `--control httpx` sends them with httpx instead
+    (~2-3 ms of this process's CPU per request). One request at a time; a connection idle for IDLE seconds
+    is replaced first, so the server's 5 s keep-alive never closes one under a request."""
+
+    IDLE = 2.0
+
+    def __init__(self, endpoint: str):
+        parts = urlsplit(endpoint)
+        self.host, self.port, self.netloc = parts.hostname, parts.port, parts.netloc
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.last = 0.0
+        self.lock = asyncio.Lock()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes, headers: dict, timeout: float) -> tuple[int, bytes]:
+        async with self.lock:
+            try:
+                return await asyncio.wait_for(self._post(path, body, headers), timeout)
+            except BaseException:
+                self.close()  # a request cut short leaves the connection in an unknown state
+                raise
+
+    async def _post(self, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        if self.writer is None or time.monotonic() - self.last > self.IDLE:
+            self.close()
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self.netloc}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "host"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionError("the server closed the connection") from exc
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        answer = {
+            name.strip().lower(): value.strip() for name, value in (ln.split(":", 1) for ln in lines[1:])
+        }
+        data = await self.reader.readexactly(int(answer.get("content-length", "0")))
+        if answer.get("connection", "").lower() == "close":
+            self.close()
+        self.last = time.monotonic()
+        return int(lines[0].split()[1]), data
+
+
+class HttpxControl:
+    """Polls and reports through httpx, as before the lean client (`--control httpx`)."""
+
+    def __init__(self, http: httpx.AsyncClient, endpoint: str):
+        self.http, self.endpoint = http, endpoint
+
+    async def post(self, path: str, body: bytes, headers: dict, timeout: float) -> tuple[int, bytes]:
+        try:
+            response = await self.http.post(
+                self.endpoint + path, content=body, headers=headers, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise ConnectionError(repr(exc)) from exc
+        return response.status_code, response.content
 
 
 class SimulatedAgent:
     """One robot's agent, as the real one behaves on the wire: reports are retried until the server took
     them (the real agent's outbox) and an interrupted download resumes with a Range request."""
 
-    def __init__(self, http: httpx.AsyncClient, endpoint: str, creds: dict, work: Path, client: str = "lean"):
-        self.http, self.endpoint, self.creds, self.work, self.client = http, endpoint, creds, work, client
+    def __init__(self, http: httpx.AsyncClient, control, endpoint: str, creds: dict, work: Path, client: str):
+        self.http, self.control, self.endpoint, self.creds = http, control, endpoint, creds
+        self.work, self.client = work, client
         self.current: str | None = None
         self.seq = 0
         self.stop = False
@@ -192,13 +263,12 @@ class SimulatedAgent:
         return sign(method, url, body, c["accessKeyId"], c["secretAccessKey"], c["region"])
 
     async def _post_once(self, path: str, payload: dict, timeout: float) -> dict:
-        url = self.endpoint + path
         body = json.dumps({"robot": self.creds["robotArn"], **payload}).encode()
-        response = await self.http.post(
-            url, content=body, headers=self._headers("POST", url, body), timeout=timeout
-        )
-        response.raise_for_status()
-        return response.json()
+        headers = self._headers("POST", self.endpoint + path, body)
+        status, data = await self.control.post(path, body, headers, timeout)
+        if status >= 300:
+            raise DownloadStatusError(status, data)
+        return json.loads(data)
 
     async def _retrying(self, attempt_once, what: str):
         for attempt in range(RETRIES + 1):
@@ -223,32 +293,64 @@ class SimulatedAgent:
         payload = {"jobId": job_id, "seq": self.seq, "step": step, **fields}
         await self._retrying(lambda: self._post_once("/_agent/v1/report", payload, 30), f"report {step}")
 
-    async def _download(self, job_id: str) -> tuple[str, str]:
-        query = urlencode({"robot": self.creds["robotArn"], "jobId": job_id}, quote_via=quote, safe="")
-        url = f"{self.endpoint}/_agent/v1/bundle?{query}"
+    async def _download(self, job_id: str, offered: str | None) -> tuple[str, str]:
+        """As the real agent: fetch the poll answer's `bundleUrl` (a sendfile ticket) if it offered one,
+        else ask the channel with `direct=1` and follow its redirect; fall back to `direct=0` if the
+        redirect's target fails; resume with `Range` after a dropped connection."""
         digest = hashlib.md5(usedforsecurity=False)
-        received, etag = 0, ""
+        received, etag, direct = 0, "", True
         path = self.work / "bundle"
+        loop = asyncio.get_running_loop()
 
         def first_byte() -> None:
-            self.marks.setdefault("first_byte", time.time())
+            if "first_byte" not in self.marks:
+                self.marks["first_byte"] = time.time()
+
+        async def get(url: str, headers: dict, out) -> tuple[int, dict, bytes]:
+            return await loop.run_in_executor(DOWNLOADERS, fetch, url, headers, out, digest, first_byte, 120)
 
         async def once() -> None:
+            nonlocal received, etag, direct, offered
+            self.marks.setdefault("requested", time.time())
+            ranged = {"Range": f"bytes={received}-"} if received else {}
+            with open(path, "ab" if received else "wb") as out:
+                try:
+                    from_offer = bool(offered)
+                    if offered:
+                        status, answer = 307, {"location": offered}
+                        offered = None  # used once: a retry asks the channel
+                    else:
+                        query = {"robot": self.creds["robotArn"], "jobId": job_id}
+                        query |= {"direct": "1"} if direct else {}
+                        url = f"{self.endpoint}/_agent/v1/bundle?{urlencode(query, quote_via=quote, safe='')}"
+                        status, answer, body = await get(url, self._headers("GET", url, b"") | ranged, out)
+                    if status in REDIRECTS:
+                        try:
+                            status, answer, body = await get(answer["location"], ranged, out)
+                        except OSError:
+                            # the redirect's target failed: the rest comes through the server (a failed
+                            # offer only sends the agent to the channel, which redirects afresh)
+                            direct = direct and from_offer
+                            raise
+                        if status >= 300:
+                            direct = direct and from_offer
+                            raise ConnectionError(f"redirect target answered {status}: {body[:200]!r}")
+                finally:
+                    # what arrived before a dropped connection is kept: the retry resumes after it
+                    received = out.tell()
+            if status >= 300:
+                raise DownloadStatusError(status, body)
+            etag = answer["etag"].strip('"')
+
+        async def with_httpx() -> None:
             nonlocal received, etag
             self.marks.setdefault("requested", time.time())
+            query = urlencode({"robot": self.creds["robotArn"], "jobId": job_id}, quote_via=quote, safe="")
+            url = f"{self.endpoint}/_agent/v1/bundle?{query}"
             headers = self._headers("GET", url, b"")
             if received:
                 headers["Range"] = f"bytes={received}-"
             with open(path, "ab" if received else "wb") as out:
-                if self.client == "lean":
-                    reader = None
-                    try:
-                        reader = await lean_get(url, headers, out, digest, first_byte, 120)
-                    finally:
-                        # what arrived before a dropped connection is kept: the retry resumes after it
-                        received = out.tell()
-                    etag = reader.headers["etag"].strip('"')
-                    return
                 async with self.http.stream("GET", url, headers=headers, timeout=120) as response:
                     response.raise_for_status()
                     etag = response.headers["etag"].strip('"')
@@ -259,7 +361,7 @@ class SimulatedAgent:
                         received += len(chunk)
 
         try:
-            await self._retrying(once, "download")
+            await self._retrying(once if self.client == "lean" else with_httpx, "download")
         finally:
             path.unlink(missing_ok=True)  # the real agent deletes the archive once extracted
         self.marks["downloaded"] = time.time()
@@ -271,7 +373,7 @@ class SimulatedAgent:
                 answer = await self._post_once(
                     "/_agent/v1/poll", {"current": self.current, "wait": 20}, timeout=40
                 )
-            except httpx.HTTPError as exc:
+            except (DownloadStatusError, httpx.HTTPError, OSError) as exc:
                 self.errors.append(f"poll: {exc!r}")
                 await asyncio.sleep(1)
                 continue
@@ -284,7 +386,7 @@ class SimulatedAgent:
             # As the real agent: reports leave through the outbox, in order, while the deployment goes on.
             validating = asyncio.create_task(self._report(job_id, "Validating"))
             validating.add_done_callback(lambda _: self.marks.setdefault("validating_acked", time.time()))
-            etag, md5 = await self._download(job_id)
+            etag, md5 = await self._download(job_id, deployment.get("bundleUrl"))
             await validating
             ok = etag == md5 == deployment["source"]["etag"]
             outcome = {"outcome": "Succeeded"} if ok else {"outcome": "Failed", "failureCode": "EtagMismatch"}
@@ -351,17 +453,95 @@ def print_breakdown(rows: list[dict]) -> None:
         print(f"{index:>4} {row['robots']:>6} {gap:>6}  {cells}{row['duration']:.2f}")
 
 
-def ideal_copy(source: Path, dest_root: Path, copies: int, parallel: int) -> float:
-    """Copy the bundle `copies` times, `parallel` at a time, in waves like the deployment's."""
+def in_waves(work, copies: int, parallel: int, initializer=None) -> float:
+    """`work(i)` for i in range(copies), `parallel` at a time, in waves like the deployment's."""
     started = time.perf_counter()
-    with ThreadPoolExecutor(parallel) as pool:
+    with ThreadPoolExecutor(parallel, initializer=initializer) as pool:
         for wave_start in range(0, copies, parallel):
-            wave = range(wave_start, min(copies, wave_start + parallel))
-            list(pool.map(lambda i: shutil.copyfile(source, dest_root / f"copy-{i}"), wave))
+            list(pool.map(work, range(wave_start, min(copies, wave_start + parallel))))
     return time.perf_counter() - started
 
 
-async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline: float, client: str) -> dict:
+def ideal_copy(source: Path, dest_root: Path, copies: int, parallel: int) -> tuple[float, float]:
+    """Copy the bundle `copies` times, `parallel` at a time, in waves like the deployment's (the issue's
+    baseline). Returns (seconds, CPU seconds of this process: the kernel's copy into the page cache)."""
+    cpu = time.process_time()
+    seconds = in_waves(lambda i: shutil.copyfile(source, dest_root / f"copy-{i}"), copies, parallel)
+    return seconds, time.process_time() - cpu
+
+
+# A static file server with nothing of ours in it: any GET gets the whole file by sendfile, no signature, no
+# agent channel, no store, no reports. Run in its own process, like our server.
+STATIC_SERVER = """
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+path, etag = sys.argv[1], sys.argv[2]
+size = os.path.getsize(path)
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.send_header("ETag", '"' + etag + '"')
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        with open(path, "rb") as f:
+            self.connection.sendfile(f, 0, size)
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+server = Server(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def transport_floor(bundle: Path, etag: str, work: Path, copies: int, parallel: int) -> dict:
+    """The floor of this host for the deployment's data path: the simulated agents' own download (fresh
+    connection, hash every byte while writing it, ETag check, delete) from STATIC_SERVER, in the same
+    waves, with no authorization or bookkeeping at all."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", STATIC_SERVER, str(bundle), etag], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{int(process.stdout.readline())}/bundle"
+
+        def one(index: int) -> None:
+            path = work / f"floor-{index}"
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "wb") as out:
+                status, answer, _ = fetch(url, {}, out, digest, lambda: None, 120)
+            path.unlink()
+            if status != 200 or answer["etag"].strip('"') != digest.hexdigest():
+                raise RuntimeError(f"static server: HTTP {status}, ETag {answer.get('etag')}")
+
+        server_cpu, own_cpu = cpu_seconds(process.pid), time.process_time()
+        seconds = in_waves(one, copies, parallel, _lower_priority)  # as the simulated agents' downloads
+        return {
+            "seconds": seconds,
+            "server_cpu": cpu_seconds(process.pid) - server_cpu,
+            "agents_cpu": time.process_time() - own_cpu,
+        }
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def deploy(
+    server,
+    rm,
+    robots: int,
+    percentage: int,
+    work: Path,
+    deadline: float,
+    client: str,
+    profile: str | None,
+    control: str,
+) -> dict:
     store = open_store(ObjectStoreConfig(kind="local", root=str(server.data_dir / "objects")))
     app = rm.list_robot_applications()["robotApplicationSummaries"][0]["arn"]
     fleet = rm.list_fleets()["fleetDetails"][0]["arn"]
@@ -389,11 +569,19 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline:
             directory = work / f"agent-{index}"
             directory.mkdir()
             http = await clients.enter_async_context(httpx.AsyncClient(limits=limits))
-            agents.append(SimulatedAgent(http, server.endpoint, cred, directory, client))
+            channel = (
+                LeanControl(server.endpoint) if control == "lean" else HttpxControl(http, server.endpoint)
+            )
+            agents.append(SimulatedAgent(http, channel, server.endpoint, cred, directory, client))
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
         await asyncio.sleep(3)  # every agent connected and long-polling
         idle_rss = rss_kib(pid)
-        server_cpu, bench_cpu = cpu_seconds(pid), time.process_time()
+        spy = None
+        if profile:  # the server's stacks during the deployment only (py-spy must be installed)
+            command = ["py-spy", "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", profile]
+            spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1)
+        server_cpu, bench_cpu, threads_before = cpu_seconds(pid), time.process_time(), thread_cpu(pid)
         started = time.perf_counter()
         job = rm.create_deployment_job(
             fleet=fleet,
@@ -406,12 +594,12 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline:
             ],
             deploymentConfig={"concurrentDeploymentPercentage": percentage, "failureThresholdPercentage": 10},
         )["arn"]
-        # Watch the job with ListDeploymentJobs (its status only): describing 200 robots 5 times a second
-        # would cost the server and this process more than the rollout's own bookkeeping.
+        # Watch the job with ListDeploymentJobs (its status only), often once the last robot has its
+        # Finished acknowledged and every second before: 5 lists a second for the whole rollout cost the
+        # server and this process ~5 ms each, more than some of the rollout's own bookkeeping.
         fleet_filter = [{"name": "fleetName", "values": ["bench"]}]
-        while (await asyncio.to_thread(rm.list_deployment_jobs, filters=fleet_filter))["deploymentJobs"][0][
-            "status"
-        ] not in ("Succeeded", "Failed"):
+        last_listed = float("-inf")
+        while True:
             for task in tasks:
                 if task.done() and task.exception() is not None:
                     raise RuntimeError("a simulated agent died") from task.exception()
@@ -419,10 +607,20 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline:
                 states = [r["status"] for r in rm.describe_deployment_job(job=job)["robotDeploymentSummary"]]
                 counts = {state: states.count(state) for state in set(states)}
                 raise TimeoutError(f"the deployment did not end within {deadline} s: {counts}")
-            await asyncio.sleep(0.2)
+            all_acked = all("finished_acked" in agent.marks for agent in agents)
+            if all_acked or time.perf_counter() - last_listed >= 1.0:
+                last_listed = time.perf_counter()
+                listed = await asyncio.to_thread(rm.list_deployment_jobs, filters=fleet_filter)
+                if listed["deploymentJobs"][0]["status"] in ("Succeeded", "Failed"):
+                    break
+            await asyncio.sleep(0.02 if all_acked else 0.05)
         elapsed = time.perf_counter() - started
-        described = await asyncio.to_thread(rm.describe_deployment_job, job=job)
         server_cpu, bench_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - bench_cpu
+        server_split = server_cpu_split(pid, threads_before, server_cpu)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
+        described = await asyncio.to_thread(rm.describe_deployment_job, job=job)
         waves = wave_breakdown(described["robotDeploymentSummary"], agents)
         await asyncio.sleep(3)
         cpu_before, t_before = cpu_seconds(pid), time.perf_counter()
@@ -443,6 +641,7 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline:
         "idle_cpu_fraction": idle_cpu,
         "insync": sum(r["status"] == "InSync" for r in described["robotDeploymentSummary"]),
         "server_cpu": server_cpu,
+        "server_split": server_split,
         "bench_cpu": bench_cpu,
         "waves": waves,
         "errors": [error for agent in agents for error in agent.errors],
@@ -450,6 +649,7 @@ async def deploy(server, rm, robots: int, percentage: int, work: Path, deadline:
 
 
 def main() -> int:
+    global AGENT_NICE
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -458,7 +658,18 @@ def main() -> int:
     parser.add_argument("--percentage", type=int, default=25)
     parser.add_argument("--deadline", type=float, default=600, help="give up on the deployment after this")
     parser.add_argument("--client", choices=("lean", "httpx"), default="lean", help="how agents download")
+    parser.add_argument(
+        "--control", choices=("lean", "httpx"), default="lean", help="how agents send polls and reports"
+    )
+    parser.add_argument("--profile", help="py-spy the server during the deployment into this raw file")
+    parser.add_argument(
+        "--agent-nice",
+        type=int,
+        default=AGENT_NICE,
+        help="nice of the simulated downloads (0: same as server)",
+    )
     args = parser.parse_args()
+    AGENT_NICE = args.agent_nice
     work = Path(tempfile.mkdtemp(prefix="orm-deploy-bench-"))
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
@@ -481,22 +692,49 @@ def main() -> int:
             rm.create_fleet(name="bench")
             (work / "agents").mkdir()
             result = asyncio.run(
-                deploy(server, rm, args.robots, args.percentage, work / "agents", args.deadline, args.client)
+                deploy(
+                    server,
+                    rm,
+                    args.robots,
+                    args.percentage,
+                    work / "agents",
+                    args.deadline,
+                    args.client,
+                    args.profile,
+                    args.control,
+                )
             )
         copies = work / "copies"
         copies.mkdir()
-        ideal = ideal_copy(bundle, copies, args.robots, parallel)
+        ideal, ideal_cpu = ideal_copy(bundle, copies, args.robots, parallel)
+        shutil.rmtree(copies)
+        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel)
+        mib = args.robots * args.size_mb  # MiB delivered (the bundle is size_mb MiB)
         per_agent_kib = (result["idle_rss_kib"] - result["baseline_rss_kib"]) / args.robots
         print(
             f"robots {args.robots}, bundle {args.size_mb} MB, {args.percentage}% -> waves of {parallel}; "
-            f"agents download with {args.client}; load average before {load_before}"
+            f"agents download with {args.client} (nice {AGENT_NICE}), poll and report with {args.control}; "
+            f"load average before {load_before}"
         )
         print(f"deployment: {result['status']} ({result['insync']} InSync) in {result['seconds']:.2f} s")
         print(f"ideal copy {args.robots}x with parallelism {parallel}: {ideal:.2f} s")
         print(f"ratio deployment / ideal: {result['seconds'] / ideal:.2f} (target <= 1.5)")
         print(
+            f"transport+hash floor (the same simulated downloads from a static sendfile server, no auth or "
+            f"bookkeeping): {floor['seconds']:.2f} s -> floor / ideal {floor['seconds'] / ideal:.2f}, "
+            f"deployment / floor {result['seconds'] / floor['seconds']:.2f}"
+        )
+        print(
             f"CPU during the deployment: server {result['server_cpu']:.1f} s, simulated agents (this "
             f"process) {result['bench_cpu']:.1f} s, over {result['seconds']:.1f} s on {os.cpu_count()} cores"
+        )
+        split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result["server_split"].items())
+        print(f"server CPU by thread: {split}")
+        print(
+            "CPU per MiB delivered, ms: "
+            f"deployment server {1000 * result['server_cpu'] / mib:.2f} + agents {1000 * result['bench_cpu'] / mib:.2f}; "
+            f"floor static server {1000 * floor['server_cpu'] / mib:.2f} + agents {1000 * floor['agents_cpu'] / mib:.2f}; "
+            f"ideal copy {1000 * ideal_cpu / mib:.2f}"
         )
         print_breakdown(result["waves"])
         errors = result["errors"]

@@ -12,6 +12,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -247,3 +248,10 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def signed_get(endpoint: str, path: str, query: dict, key, headers: dict | None = None) -> httpx.Response:
+    """A GET on the agent channel signed with `key` (a robot's), redirects not followed."""
+    url = f"{endpoint}{path}?{urlencode(query, quote_via=quote, safe='')}"
+    signed = sign("GET", url, b"", key[0], key[1], REGION) | (headers or {})
+    return httpx.get(url, headers=signed, timeout=30)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 import time
 
+import httpx
 import pytest
 
 from deploy_helpers import (
@@ -18,11 +22,16 @@ from deploy_helpers import (
     object_store,
     robot_application,
     robot_credentials,
+    signed_get,
     signed_post,
     wait_for_job,
     wait_until,
 )
-from helpers import running_server
+from helpers import REGION, running_server
+from openrobomaker.agent.client import AgentClient, RobotCredentials
+from openrobomaker.agent.deployer import Deployer
+from openrobomaker.agent.state import WorkDir
+from openrobomaker.api import agent_blobs
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -299,3 +308,125 @@ def test_agent_killed_mid_deploy_times_out(env, killed_agent):
     assert (robot["status"], robot["failureCode"]) == ("NoResponse", "RobotDeploymentNoResponse")
     assert rm.describe_robot(robot=robot["arn"])["status"] == "NoResponse"
     assert isinstance(killed_agent["agent"], AgentProcess)
+
+
+def test_local_bundle_by_sendfile_ticket(env, tmp_path):
+    """With the local object store, `direct=1` answers a 307 to the server's sendfile listener with a
+    one-minute ticket: the bytes and ETag are the bundle's, `Range` resumes, a forged ticket is refused,
+    and one robot still cannot get another's bundle."""
+    rm, server = env["rm"], env["server"]
+    fleet = rm.create_fleet(name="tickets")["arn"]
+    one = add_robot(server, rm, tmp_path, fleet, "tickets-r0", start=False).robot_arn
+    two = add_robot(server, rm, tmp_path, rm.create_fleet(name="tickets-2")["arn"], "tickets-r1", start=False)
+    job = deploy(rm, fleet, dict(env["app"]), concurrentDeploymentPercentage=100)
+    wait_until(
+        lambda: rm.describe_deployment_job(job=job)["robotDeploymentSummary"][0]["status"] == "Deploying",
+        what="the robot's wave to start",
+    )
+    creds = robot_credentials(server.endpoint, one)
+    key = (creds["accessKeyId"], creds["secretAccessKey"])
+    query = {"robot": one, "jobId": job_id(job), "direct": "1"}
+    redirect = signed_get(server.endpoint, "/_agent/v1/bundle", query, key)
+    assert redirect.status_code == 307, redirect.text
+    location = httpx.URL(redirect.headers["location"])
+    assert location.path == "/blob" and location.port != httpx.URL(server.endpoint).port
+    whole = httpx.get(location)
+    assert whole.status_code == 200
+    assert whole.headers["etag"] == redirect.headers["etag"] == f'"{hashlib.md5(whole.content).hexdigest()}"'
+    assert len(whole.content) > 200
+    tail = httpx.get(location, headers={"Range": "bytes=100-"})
+    assert tail.status_code == 206 and tail.content == whole.content[100:]
+    assert tail.headers["content-range"] == f"bytes 100-{len(whole.content) - 1}/{len(whole.content)}"
+    forged = httpx.get(location.copy_set_param("t", location.params["t"][:-2] + "xx"))
+    assert forged.status_code == 403 and forged.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    # another robot's credentials: neither its own name nor robot one's gets robot one's bundle
+    other = robot_credentials(server.endpoint, two.robot_arn)
+    other_key = (other["accessKeyId"], other["secretAccessKey"])
+    for robot in (one, two.robot_arn):
+        refused = signed_get(server.endpoint, "/_agent/v1/bundle", query | {"robot": robot}, other_key)
+        assert refused.status_code in (403, 404) and "location" not in refused.headers, refused.text
+    # the poll answer that hands the deployment over already carries a ticket for the same bytes
+    polled = signed_post(server.endpoint, "/_agent/v1/poll", {"robot": one, "current": None}, key).json()
+    assert polled["deployment"]["jobId"] == job_id(job)
+    assert httpx.get(polled["deployment"]["bundleUrl"]).content == whole.content
+    # without direct=1 the server streams the same bytes itself (the agent's fallback)
+    streamed = signed_get(server.endpoint, "/_agent/v1/bundle", query | {"direct": "0"}, key)
+    assert streamed.status_code == 200 and streamed.content == whole.content
+    # the real agent's download: a dead offered ticket sends it to the channel for a fresh one; a partial
+    # file resumes with Range and is hashed once in all
+    work = WorkDir(tmp_path / "agent")
+    client = AgentClient(server.endpoint, RobotCredentials(one, REGION, key[0], key[1]))
+    deployer = Deployer(work, client, None, lambda *args, **fields: None, lambda job: False)
+    dest = tmp_path / "bundle"
+    etag, md5 = deployer._download("/_agent/v1/bundle", job_id(job), dest, False, offered=str(forged.url))
+    assert etag == md5 == hashlib.md5(whole.content).hexdigest() and dest.read_bytes() == whole.content
+    half = len(whole.content) // 2
+    dest.write_bytes(whole.content[:half])
+    assert deployer._download("/_agent/v1/bundle", job_id(job), dest, False) == (etag, md5)
+    events = [e for e in work_events(work) if e["event"] in ("download", "direct-download-failed")]
+    assert [e["event"] for e in events] == ["direct-download-failed", "download", "download"]
+    assert events[1]["source"].endswith("/blob") and events[2]["source"].endswith("/blob")
+    assert events[2]["start"] == half
+    client.close()
+    rm.cancel_deployment_job(job=job)
+
+
+def work_events(work: WorkDir) -> list[dict]:
+    return [json.loads(line) for line in (work.root / "events.jsonl").read_text().splitlines()]
+
+
+def test_sendfile_tickets_expire_and_follow_the_file(tmp_path, monkeypatch):
+    """A ticket opens only the file it was made for, as it was, and only until it expires."""
+    blobs = agent_blobs.AgentBlobs("127.0.0.1")
+    try:
+        path = tmp_path / "object"
+        path.write_bytes(b"first version")
+        fresh = blobs.url("127.0.0.1", path, "etag-1")
+        assert httpx.get(fresh).content == b"first version"
+        monkeypatch.setattr(agent_blobs, "TICKET_SECONDS", -1.0)
+        expired = blobs.url("127.0.0.1", path, "etag-1")
+        assert httpx.get(expired).status_code == 403
+        replacement = tmp_path / "object.new"
+        replacement.write_bytes(b"second version")
+        replacement.replace(path)  # how the local store replaces an object
+        changed = httpx.get(fresh)
+        assert (
+            changed.status_code == 410 and changed.headers["x-amzn-ErrorType"] == "ResourceNotFoundException"
+        )
+        assert httpx.get(fresh, headers={"Range": "bytes=99-"}).status_code == 410
+    finally:
+        blobs.close()
+
+
+def test_long_polls_end_quietly_on_shutdown(tmp_path):
+    """Stopping the server answers the agents' waiting long polls (no cancelled requests, no tracebacks)."""
+    with running_server() as server:
+        rm = server.client()
+        fleet = rm.create_fleet(name="shutdown")["arn"]
+        robot = add_robot(server, rm, tmp_path, fleet, "shutdown-r0", start=False).robot_arn
+        creds = robot_credentials(server.endpoint, robot)
+        key = (creds["accessKeyId"], creds["secretAccessKey"])
+        answers: list = []
+
+        def long_poll() -> None:
+            try:
+                answers.append(
+                    signed_post(server.endpoint, "/_agent/v1/poll", {"robot": robot, "wait": 25}, key)
+                )
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        polls = [threading.Thread(target=long_poll) for _ in range(3)]
+        for thread in polls:
+            thread.start()
+        assert (
+            signed_post(server.endpoint, "/_agent/v1/poll", {"robot": robot, "wait": 0}, key).status_code
+            == 200
+        )
+        time.sleep(1.5)  # the three long polls are in and waiting (they wait 25 s)
+        server.stop()
+        for thread in polls:
+            thread.join()
+        log = server.log_text()
+    assert [getattr(a, "status_code", a) for a in answers] == [200] * 3
+    assert "Traceback" not in log and "CancelledError" not in log and "Cancel " not in log, log[-3000:]

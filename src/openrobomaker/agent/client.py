@@ -106,36 +106,41 @@ class AgentClient:
 
     @contextmanager
     def download(
-        self, path: str, job_id: str, start: int = 0, direct: bool = False
+        self, path: str, job_id: str, start: int = 0, direct: bool = False, offered: str | None = None
     ) -> Iterator[httpx.Response]:
         """The file's bytes from `start`. With `direct`, the agent accepts a redirect to a presigned S3 URL
-        and fetches from S3 itself; a failure on that leg raises DirectDownloadFailed (fall back to the
-        server)."""
-        query = {"robot": self.creds.robot_arn, "jobId": job_id}
-        if direct:
-            query["direct"] = "1"
-        url, headers = self._signed("GET", path, query=query)
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        with self.http.stream("GET", url, headers=headers) as response:
-            location = response.headers.get("location") if response.status_code in REDIRECTS else None
-            if location is None:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for(response)
-                yield response
-                return
-            response.read()
-        # A plain GET: the presigned URL carries its own signature; our SigV4 headers must not go to S3.
+        (or the server's sendfile listener) and fetches from there itself; `offered` is such a URL the
+        server already gave (a poll answer's `bundleUrl`), fetched without asking the channel. A failure
+        on that leg raises DirectDownloadFailed (ask the channel again, or fall back to the server)."""
+        location = offered
+        if location is None:
+            query = {"robot": self.creds.robot_arn, "jobId": job_id}
+            if direct:
+                query["direct"] = "1"
+            url, headers = self._signed("GET", path, query=query)
+            if start:
+                headers["Range"] = f"bytes={start}-"
+            with self.http.stream("GET", url, headers=headers) as response:
+                location = response.headers.get("location") if response.status_code in REDIRECTS else None
+                if location is None:
+                    if response.status_code >= 400:
+                        response.read()
+                        _raise_for(response)
+                    yield response
+                    return
+                response.read()
+        # A plain GET: the URL carries its own signature or ticket; our SigV4 headers must not go to S3.
         ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
             with self.http.stream("GET", location, headers=ranged) as direct_response:
                 if direct_response.status_code >= 400:
                     direct_response.read()
-                    raise DirectDownloadFailed(f"S3 answered {direct_response.status_code}")
+                    raise DirectDownloadFailed(
+                        f"{location.split('?')[0]} answered {direct_response.status_code}"
+                    )
                 yield direct_response
         except httpx.TransportError as exc:
-            raise DirectDownloadFailed(f"S3 not reachable: {exc!r}") from exc
+            raise DirectDownloadFailed(f"{location.split('?')[0]} not reachable: {exc!r}") from exc
 
     def close(self) -> None:
         self.http.close()

@@ -37,12 +37,36 @@ LAUNCH_SETTLE_SECONDS = 2.0
 LAUNCH_MASTER_TIMEOUT = 30.0
 SCRIPT_TIMEOUT_SECONDS = 600
 DOWNLOAD_RETRIES = 20
+# bytes handed to the file and the hash at a time: large, so per-chunk Python work stays negligible
+DOWNLOAD_CHUNK = 1024 * 1024
 MISSING_RESOURCE_MARKERS = (
     "Resource not found",
     "is neither a launch file",
     "not found in package",
     "[Errno 2]",
 )
+
+
+class _Hashed:
+    """The MD5 of a download's first `count` bytes, kept across resumed attempts so that every byte is
+    hashed once, as it is written. When the file does not hold exactly those bytes (a write failed half
+    way), the digest is rebuilt from the file."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.count = 0
+        self.digest = hashlib.md5(usedforsecurity=False)
+
+    def resumed_at(self, start: int) -> Any:
+        if start != self.count:
+            self.digest = hashlib.md5(usedforsecurity=False)
+            self.count = 0
+            if start:
+                with open(self.dest, "rb") as handle:
+                    while block := handle.read(DOWNLOAD_CHUNK):
+                        self.digest.update(block)
+                        self.count += len(block)
+        return self.digest
 
 
 class StepFailed(Exception):
@@ -151,22 +175,30 @@ class Deployer:
                 "MissingRobotDeploymentResource", "launchConfig needs packageName and launchFile"
             )
 
-    def _download(self, path: str, job_id: str, dest: Path, progress: bool) -> tuple[str, str]:
-        """Fetch from S3 by presigned URL when the server offers one, else (or when S3 cannot be reached)
-        through the server; resume after network failures. Returns (ETag header, md5 hex)."""
+    def _download(
+        self, path: str, job_id: str, dest: Path, progress: bool, offered: str | None = None
+    ) -> tuple[str, str]:
+        """Fetch from the URL the server offered in the poll answer (`offered`) or redirects to (S3
+        presigned, or its sendfile listener for the local store), else (or when that URL fails) through
+        the server; resume after network failures. The bytes are hashed as they are written, in one pass.
+        Returns (ETag header, md5 hex)."""
         attempts = 0
         direct = True
+        hashed = _Hashed(dest)
         while True:
             start = dest.stat().st_size if dest.exists() else 0
             try:
-                return self._download_once(path, job_id, dest, start, progress, direct)
+                return self._download_once(path, job_id, dest, start, progress, direct, hashed, offered)
             except DirectDownloadFailed as exc:
                 self.work.journal(job=job_id, event="direct-download-failed", reason=str(exc))
-                direct = False  # the rest of this file comes through the server
+                if offered is None:
+                    direct = False  # the rest of this file comes through the server
+                offered = None  # the channel is asked from now on (a fresh redirect first)
             except ChannelError as exc:
                 code = "ResourceNotFound" if exc.status == 404 else "InternalServerError"
                 raise StepFailed(code, f"download failed: {exc.message}") from exc
             except (httpx.HTTPError, OSError) as exc:
+                offered = None  # it may have expired by the next attempt: ask the channel
                 attempts += 1
                 if attempts > DOWNLOAD_RETRIES:
                     raise StepFailed("InternalServerError", f"download kept failing: {exc!r}") from exc
@@ -175,9 +207,17 @@ class Deployer:
                 time.sleep(min(10.0, 0.5 * attempts))
 
     def _download_once(
-        self, path: str, job_id: str, dest: Path, start: int, progress: bool, direct: bool
+        self,
+        path: str,
+        job_id: str,
+        dest: Path,
+        start: int,
+        progress: bool,
+        direct: bool,
+        hashed: _Hashed,
+        offered: str | None,
     ) -> tuple[str, str]:
-        with self.client.download(path, job_id, start, direct) as response:
+        with self.client.download(path, job_id, start, direct, offered) as response:
             # where the bytes come from: the server, or S3 by presigned URL (no query: it holds a signature)
             source = str(response.request.url.copy_with(query=None))
             self.work.journal(job=job_id, event="download", path=path, start=start, source=source)
@@ -186,10 +226,13 @@ class Deployer:
                 start = 0
             total = start + int(response.headers.get("content-length", "0"))
             received, began, last = start, time.monotonic(), 0.0
+            digest = hashed.resumed_at(start)
             with open(dest, "ab" if start else "wb") as out:
-                for chunk in response.iter_bytes(1024 * 1024):
+                for chunk in response.iter_raw(DOWNLOAD_CHUNK):
                     out.write(chunk)
+                    digest.update(chunk)
                     received += len(chunk)
+                    hashed.count = received
                     now = time.monotonic()
                     if progress and now - last >= PROGRESS_EVERY_SECONDS and total:
                         last = now
@@ -200,17 +243,14 @@ class Deployer:
                             percentDone=round(100.0 * received / total, 1),
                             estimatedTimeRemainingSeconds=int((total - received) / rate) if rate else None,
                         )
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(dest, "rb") as handle:
-            while block := handle.read(1024 * 1024):
-                digest.update(block)
         return etag, digest.hexdigest()
 
     def _download_and_extract(self, deployment: dict[str, Any], directory: Path) -> ExtractedBundle:
         job_id = deployment["jobId"]
         archive = directory / "bundle"
         archive.unlink(missing_ok=True)
-        etag, md5 = self._download("/_agent/v1/bundle", job_id, archive, progress=True)
+        offered = deployment.get("bundleUrl")
+        etag, md5 = self._download("/_agent/v1/bundle", job_id, archive, progress=True, offered=offered)
         expected = deployment["source"]["etag"]
         # A single-part upload's ETag is the MD5 of its bytes; a multipart one ("…-N") is checked by value.
         if etag != expected or ("-" not in expected and md5 != expected):

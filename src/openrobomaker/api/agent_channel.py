@@ -7,14 +7,16 @@ neither read another's deployment nor report for it.
 - `POST /_agent/v1/credentials` {robot}: mint robot credentials; signed with the account's own keys
   (`openrobomaker robot-credentials`).
 - `POST /_agent/v1/poll` {robot, current, wait}: long poll; answers at once when the robot should deploy
-  something other than `current` (a job id), else after `wait` seconds (at most 30) with what it has.
+  something other than `current` (a job id), else after `wait` seconds (at most 30) with what it has. An
+  answer that hands over a new deployment of a local-store bundle carries `deployment.bundleUrl`, a ticket
+  on the sendfile listener (below), so that the agent's first fetch needs no request to the channel.
 - `POST /_agent/v1/report` {robot, jobId, seq, step, percentDone, estimatedTimeRemainingSeconds,
   outcome, failureCode, failureReason}: one step report; replays are acknowledged and ignored.
 - `GET /_agent/v1/bundle?robot=&jobId=` and `GET /_agent/v1/condition-file?robot=&jobId=`: the robot's
   bundle / download condition file, streamed from the object store with its `ETag`; `Range: bytes=N-`
-  resumes an interrupted download. With `&direct=1` and an S3 object store, the answer is a `307` to a
-  presigned S3 URL instead (the agent fetches the bytes from S3, and falls back to `direct=0` when it
-  cannot reach S3).
+  resumes an interrupted download. With `&direct=1` the answer is a `307` instead: to a presigned S3 URL
+  with an S3 object store, to a one-minute ticket on the `sendfile` listener (`api/agent_blobs.py`) with
+  the local store. The agent then fetches the bytes there, and falls back to `direct=0` when it cannot.
 
 What keeps a wave of robots cheap (issue 5's deployment benchmark):
 
@@ -24,9 +26,13 @@ What keeps a wave of robots cheap (issue 5's deployment benchmark):
   one transaction for many robots, instead of one each behind the SQLite writer);
 - robots' keys, once found in the store, are kept for a minute (`RobotKeys`), so a signature is checked on
   the event loop without a store read;
-- bundles in the local object store are read straight from the page cache on the event loop (`preadv`
-  with `RWF_NOWAIT`, a worker thread only for bytes not cached yet), in 1 MiB chunks: no thread hop per
-  chunk, and the worker threads stay free for polls and reports. With S3, see `direct=1` above.
+- bundle bytes do not go through Python: with `direct=1` (what the agent asks first) the kernel sends
+  local files (`sendfile`, see `api/agent_blobs.py`) and S3 serves its own. With `direct=0` (the
+  fallback) local files are read straight from the page cache on the event loop (`preadv` with
+  `RWF_NOWAIT`, a worker thread only for bytes not cached yet), in 1 MiB chunks.
+
+On shutdown (SIGINT / SIGTERM) waiting long polls answer at once with what they have, so the server does
+not wait out its graceful-shutdown timeout and then cancel them mid-request.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -44,6 +53,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from openrobomaker.api.agent_blobs import AgentBlobs
 from openrobomaker.api.app import error_response
 from openrobomaker.api.sigv4 import AuthError, verify_request
 from openrobomaker.objectstore import ObjectStoreError
@@ -64,6 +74,7 @@ KEY_CACHE_SECONDS = 60.0
 KEY_CACHE_SIZE = 10_000
 PRESIGNED_URL_SECONDS = 3600
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class AgentWaiters:
@@ -73,6 +84,7 @@ class AgentWaiters:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        self.closing = False  # the server is shutting down: polls answer at once
 
     def wake(self, robot_arns: Iterable[str] | None = None) -> None:
         if self._loop is not None:
@@ -87,10 +99,33 @@ class AgentWaiters:
             for event in events:
                 event.set()
 
+    def close(self) -> None:
+        """End every long poll (and the ones that come after) at once: the server is shutting down."""
+        self.closing = True
+        self.wake()
+
+    def _watch_shutdown(self) -> None:
+        """Chain to the server's SIGINT/SIGTERM handlers (uvicorn's, installed once it serves), so that
+        long polls end when shutdown starts, not when uvicorn's graceful timeout cancels them."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in _SHUTDOWN_SIGNALS:
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue  # no Python handler (not under uvicorn): the default action ends the process anyway
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                self.close()
+                previous(sig, frame)
+
+            signal.signal(signum, handler)
+
     @contextlib.contextmanager
     def registered(self, robot_arn: str) -> Iterator[asyncio.Event]:
         """Register before reading the store, so that a wave started in between is not missed."""
-        self._loop = self._loop or asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._watch_shutdown()
         event = asyncio.Event()
         self._waiting.setdefault(robot_arn, set()).add(event)
         try:
@@ -309,7 +344,26 @@ def extra_routes(platform: Any) -> list[Route]:
     recheck = MAX_WAIT_SECONDS if platform.db.is_sqlite else RECHECK_SECONDS
     keys = RobotKeys()
     reports = Batcher(lambda items: deployments.record_agent_reports(platform, items))
-    polls = Batcher(lambda items: deployments.agent_polls(platform, items))
+    blobs = AgentBlobs(platform.settings.host) if isinstance(platform.objects, LocalObjectStore) else None
+    public_url = getattr(platform.settings, "public_url", None)
+    public_host = urlsplit(public_url).hostname if public_url else None
+
+    def answer_polls(items: list[tuple[RequestContext, str, Any, str]]) -> list[Any]:
+        """Poll answers for several robots (one store read). One that hands a robot a new deployment of a
+        local-store bundle also carries `bundleUrl`, a sendfile ticket for it: the agent's first fetch
+        skips a round trip through the channel (it asks the channel again if the ticket fails)."""
+        answers = deployments.agent_polls(platform, [(ctx, robot_arn) for ctx, robot_arn, _, _ in items])
+        for answer, (_, _, current, host) in zip(answers, items, strict=True):
+            if blobs is None or isinstance(answer, Exception) or _job_id(answer) in (None, current):
+                continue
+            source = answer["deployment"].get("source") or {}
+            with contextlib.suppress(ObjectStoreError, OSError, KeyError):
+                info = platform.objects.head(source["s3Bucket"], source["s3Key"])
+                path = platform.objects.local_path(info.bucket, info.key)
+                answer["deployment"]["bundleUrl"] = blobs.url(public_host or host, path, info.etag)
+        return answers
+
+    polls = Batcher(answer_polls)
 
     @_guarded
     async def credentials(request: Request) -> Response:
@@ -325,24 +379,39 @@ def extra_routes(platform: Any) -> list[Route]:
         wanted = _json_object(body)
         robot_arn, current = wanted["robot"], wanted.get("current")
         wait = max(0.0, min(float(wanted.get("wait") or 0), MAX_WAIT_SECONDS))
+        asked = (ctx, robot_arn, current, request.url.hostname or "127.0.0.1")
         with waiters.registered(robot_arn) as woken:
-            answer = await polls.submit((ctx, robot_arn))
-            deadline = time.monotonic() + wait
-            # Nothing new for the robot: no deployment, or the one it already has. Hold the request until
-            # that changes or `wait` runs out.
-            while _job_id(answer) in (None, current) and (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    await asyncio.wait_for(woken.wait(), min(remaining, recheck))
-                except TimeoutError:
-                    if remaining <= recheck:
-                        break  # `wait` is over: answer what we have, the agent polls again at once
-                    # a periodic recheck (another replica may have started the wave): one cheap read
-                    wants = await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn)
-                    if wants in (None, current):
-                        continue
-                woken.clear()
-                answer = await polls.submit((ctx, robot_arn))
+            answer = await polls.submit(asked)
+            with contextlib.suppress(asyncio.CancelledError):
+                answer = await _held(asked, answer, woken, wait)
         return _json(answer)
+
+    async def _held(asked: tuple, answer: dict, woken: asyncio.Event, wait: float) -> dict:
+        """Nothing new for the robot (no deployment, or the one it already has): hold the poll until that
+        changes, `wait` runs out or the server shuts down, then answer the latest. A cancelled wait (the
+        server's graceful shutdown timed out) also answers what it has: no traceback in the server's log,
+        and the agent simply polls again."""
+        _, robot_arn, current, _ = asked
+        deadline = time.monotonic() + wait
+        while (
+            _job_id(answer) in (None, current)
+            and not waiters.closing
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
+            try:
+                await asyncio.wait_for(woken.wait(), min(remaining, recheck))
+            except TimeoutError:
+                if remaining <= recheck:
+                    break  # `wait` is over: answer what we have, the agent polls again at once
+                # a periodic recheck (another replica may have started the wave): one cheap read
+                wants = await run_in_threadpool(deployments.agent_wants_poll, platform, robot_arn)
+                if wants in (None, current):
+                    continue
+            woken.clear()
+            if waiters.closing:
+                break
+            answer = await polls.submit(asked)
+        return answer
 
     @_guarded
     async def report(request: Request) -> Response:
@@ -351,12 +420,20 @@ def extra_routes(platform: Any) -> list[Route]:
         wanted = _json_object(body)
         return _json(await reports.submit((ctx, wanted["robot"], wanted)))
 
-    def _open(locate, ctx: RequestContext, robot_arn: str, job_id: str, direct: bool) -> tuple[Any, Any, Any]:
+    def _open(
+        locate, ctx: RequestContext, robot_arn: str, job_id: str, direct: bool, host: str
+    ) -> tuple[Any, Any, Any]:
         """Everything before the first byte in one worker-thread hop: where, what (size, ETag), and the
-        local file, or a presigned URL when the agent can fetch from S3 itself."""
+        local file, or a URL the agent fetches the bytes from itself (S3 presigned; local: a sendfile
+        ticket)."""
         bucket, key = locate(platform, ctx, robot_arn, job_id)
         info = platform.objects.head(bucket, key)
-        url = _presigned_url(platform.objects, bucket, key) if direct else None
+        url = None
+        if direct and blobs is not None:
+            with contextlib.suppress(OSError):  # no listener (cannot bind): stream through this port
+                url = blobs.url(public_host or host, platform.objects.local_path(bucket, key), info.etag)
+        elif direct:
+            url = _presigned_url(platform.objects, bucket, key)
         return info, (None if url else _local_file(platform.objects, bucket, key)), url
 
     def _download(locate):
@@ -367,12 +444,14 @@ def extra_routes(platform: Any) -> list[Route]:
             job_id = request.query_params.get("jobId", "")
             direct = request.query_params.get("direct") == "1"
             try:
-                info, handle, url = await run_in_threadpool(_open, locate, ctx, robot_arn, job_id, direct)
+                info, handle, url = await run_in_threadpool(
+                    _open, locate, ctx, robot_arn, job_id, direct, request.url.hostname or "127.0.0.1"
+                )
             except ObjectStoreError as exc:
                 return error_response("ResourceNotFoundException", f"object store: {exc}", 404, "-")
             if url is not None:
-                # S3 serves the bytes: the server is out of the data path. Agents fall back to `direct=0`
-                # when they cannot reach S3.
+                # S3 or the kernel (sendfile) serves the bytes: Python is out of the data path. Agents
+                # fall back to `direct=0` when they cannot reach that URL.
                 headers = {"Location": url, "ETag": f'"{info.etag}"', "Cache-Control": "no-store"}
                 return Response(status_code=307, headers=headers)
             start = min(_parse_range(request.headers.get("range")), info.size)

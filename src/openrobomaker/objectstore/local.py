@@ -102,6 +102,16 @@ class LocalObjectStore(ObjectStore):
         os.replace(tmp, etag_path)
         return etag
 
+    def local_path(self, bucket: str, key: str) -> Path:
+        """Where the object's bytes are on this machine's disk (the agent channel serves them with
+        `sendfile`). Objects are replaced by rename, never rewritten in place: a file opened from this path
+        keeps the bytes it had."""
+        self._require_bucket(bucket)
+        path = self._object_path(bucket, key)
+        if not path.is_file():
+            raise NoSuchKey(f"s3://{bucket}/{key}")
+        return path
+
     def open(self, bucket: str, key: str) -> BinaryIO:
         self._require_bucket(bucket)
         path = self._object_path(bucket, key)

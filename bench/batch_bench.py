@@ -259,6 +259,12 @@ def main() -> int:
                 batch["serverCpuSeconds"] = own_cpu_seconds(server.process.pid) - server_before
                 batch["cpuSeconds"] = None if cpu_before is None else cpu_after - cpu_before
                 members = member_rows(server, batch["arn"])
+        except Exception:
+            # The server's own log says why a call failed; the temporary directory is about to go.
+            log_path = tmp_dir / "server" / "server.log"
+            if log_path.exists():
+                print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
         finally:
             meter.close()
         stamps = read_stamps(batch_stamps)

@@ -205,3 +205,30 @@ def test_ros_messages_match_upstream_md5sums(shared_cache):
     ).stdout
     assert json.loads(out) == UPSTREAM_MD5SUMS
     assert (Path(package.package_root) / "robomaker_simulation_msgs" / "package.xml").is_file()
+
+
+RUN_ID_NODE = """#!/usr/bin/env python3
+import rospy
+rospy.init_node("run_id_reader")
+print("RUN_ID=" + rospy.get_param("/run_id"), flush=True)
+"""
+RUN_ID_LAUNCH = '<launch><node pkg="runid" type="read.py" name="run_id_reader" output="screen"/></launch>\n'
+
+
+def test_each_run_gets_a_fresh_master_and_its_run_id(jobs):
+    """The master starts alongside the launcher; the launcher still runs under the run's own /run_id,
+    a new one per run, and the ROS logs land in ros-logs/ under it. Nothing is left afterwards."""
+    files = {"nodes/read.py": RUN_ID_NODE, "launch/read.launch": RUN_ID_LAUNCH}
+    app = jobs.package_app("simulation", "runid", files, "read.launch", executables=("nodes/read.py",))
+    seen = []
+    for _ in range(2):
+        handle, final = jobs.run_to_end(jobs.spec([app], outputLocation=None), timeout=90)
+        assert final["outcome"] == "Completed", handle.log("SimulationApplicationLogs.log")[-2000:]
+        text = handle.log("SimulationApplicationLogs.log")
+        run_id = text.split("RUN_ID=", 1)[1].split()[0]
+        assert f"(run_id {run_id})" in handle.runner_log()  # the one the runner set, not one of roslaunch's
+        assert (handle.work_dir / "output" / "ros-logs" / "ros" / run_id).is_dir()
+        assert (handle.work_dir / "output" / "ros-logs" / "rosmaster.log").exists()
+        assert not jobs.live_processes(handle)
+        seen.append(run_id)
+    assert seen[0] != seen[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from openrobomaker.runner import reporter as reporter_module
 from openrobomaker.runner.environment import JobContext, application_environment, base_environment
 from openrobomaker.runner.failures import MAX_REASON_CHARS, etag_mismatch_code, truncate_reason
 from openrobomaker.runner.forwarder import UnixToTcpForwarder, serve_tcp_to_unix
@@ -169,7 +170,8 @@ class _Plane:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def test_reporter_phases_heartbeats_actions_and_outage(tmp_path):
+def test_reporter_phases_heartbeats_actions_and_outage(tmp_path, monkeypatch):
+    monkeypatch.setattr(reporter_module, "HEARTBEAT_SECONDS", 1.0)  # the default (3 s) would make this slow
     plane = _Plane()
     received: list[str] = []
     reporter = Reporter(

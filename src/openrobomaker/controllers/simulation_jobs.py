@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,23 @@ from openrobomaker.store import simulation_jobs as store
 log = logging.getLogger("openrobomaker.controllers.simulation_jobs")
 
 STARTING = "starting"
-# A runner reports every second; this long without one, and no process, means it died.
+# A runner reports every three seconds; this long without one, and no process, means it died.
 SILENT_AFTER_SECONDS = 10.0
 CANCEL_TERMINATE_AFTER = 30.0
 CANCEL_KILL_AFTER = 90.0
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """What one pass needs to know of an active job, read in one snapshot."""
+
+    job_id: str
+    status: str
+    handle: str | None
+    units: int
+    last_heard: float
+    desired: str
+    work_dir: str | None
 
 
 def new_run_id(now: float) -> str:
@@ -43,60 +57,103 @@ class SimulationJobController(Controller):
         self.cache_dir = (platform.settings.data_dir / "cache").resolve()
         self.started_at = time.time()
 
+    def stop(self) -> None:
+        super().stop()
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()  # the runner zygote; runners themselves outlive the server by design
+
     # --- one pass ---------------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
+        now = time.time()
         with self.platform.db.read() as session:
             active = [
-                (j.job_id, j.status, j.runner_handle, j.simulation_units)
+                ActiveJob(
+                    j.job_id,
+                    j.status,
+                    j.runner_handle,
+                    j.simulation_units,
+                    max(j.last_report_at or 0, j.runner_started_at or 0, self.started_at),
+                    j.desired,
+                    j.work_dir,
+                )
                 for j in store.jobs_needing_attention(session)
             ]
+        # Admissions first: under load a pass must not make a waiting job wait behind every running one.
+        self._admit_waiting(active)
+        for job in active:
+            if job.handle == STARTING:
+                self._recover_start(job.job_id)
+            elif job.handle is not None and (
+                job.desired == "cancel" or now - job.last_heard > SILENT_AFTER_SECONDS
+            ):
+                self._watch(job, now)
+
+    def _admit_waiting(self, active: list[ActiveJob]) -> None:
+        """Admit every waiting job that fits, oldest first, in one transaction; then start their runners
+        and record them in one more. Under load a transaction and a fork per job, one after another, made
+        the twentieth job of a batch wait seconds for its runner."""
         capacity = self.platform.settings.limits.simulation_units
-        in_use = sum(units for _, _, handle, units in active if handle is not None)
-        blocked = False
-        for job_id, status, handle, units in active:
-            if handle is None:
-                if status != "Pending" or blocked or units > capacity:
-                    continue
-                if in_use + units > capacity:
-                    blocked = True  # strict first-in first-out: the oldest waiting job keeps its place
-                elif self._admit(job_id):
-                    in_use += units
-            elif handle == STARTING:
-                self._recover_start(job_id)
-            else:
-                self._watch(job_id, handle)
+        in_use = sum(job.units for job in active if job.handle is not None)
+        waiting = [
+            job for job in active if job.handle is None and job.status == "Pending" and job.units <= capacity
+        ]
+        if not waiting or in_use + waiting[0].units > capacity:
+            return
+        admitted: list[tuple[str, str]] = []
+        with self.platform.db.transaction() as session:
+            for job in waiting:
+                if in_use + job.units > capacity:
+                    break  # strict first-in first-out: the oldest waiting job keeps its place
+                work_dir = self._admit(session, job.job_id)
+                if work_dir is not None:
+                    admitted.append((job.job_id, work_dir))
+                    in_use += job.units
+        # Fresh run directories: no runner can have been started for them yet, so no orphan to look for.
+        self._start_runners(admitted)
 
     # --- admission --------------------------------------------------------------------------------------
 
-    def _admit(self, job_id: str) -> bool:
+    def _admit(self, session, job_id: str) -> str | None:
+        """Move one Pending job to Preparing with a new run (spec written); its work dir, or None."""
         now = time.time()
         token = secrets.token_urlsafe(32)
         run_id = new_run_id(now)
-        with self.platform.db.transaction() as session:
-            job = store.get_job(session, job_id, for_update=True)
-            if (
-                job is None
-                or job.status != "Pending"
-                or job.runner_handle is not None
-                or job.desired != "run"
-            ):
-                return False
+        job = store.get_job(session, job_id, for_update=True)
+        if job is None or job.status != "Pending" or job.runner_handle is not None or job.desired != "run":
+            return None
+        try:
+            applications = jobs.plan_applications(self.platform, job)
+        except ApiError as exc:
+            jobs.finish_job(job, "Failed", "ResourceNotFound", exc.message, now)
+            return None
+        key_id, secret = credentials.mint(session, job.account_id, f"job:{job.arn}", "ORMJ")
+        work_dir = self.jobs_dir / job.job_id / run_id.replace(":", "-")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        spec = self._runner_spec(job, run_id, str(work_dir), token, key_id, secret, applications)
+        (work_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+        job.run_id, job.runner_token_hash, job.work_dir = run_id, jobs.token_hash(token), str(work_dir)
+        job.access_key_id, job.runner_handle, job.last_report_seq = key_id, STARTING, -1
+        job.status, job.last_updated_at = "Preparing", now
+        return str(work_dir)
+
+    def _start_runners(self, admitted: list[tuple[str, str]]) -> None:
+        handles: dict[str, tuple[str, float]] = {}
+        for job_id, work_dir in admitted:
             try:
-                applications = jobs.plan_applications(self.platform, job)
-            except ApiError as exc:
-                jobs.finish_job(job, "Failed", "ResourceNotFound", exc.message, now)
-                return False
-            key_id, secret = credentials.mint(session, job.account_id, f"job:{job.arn}", "ORMJ")
-            work_dir = self.jobs_dir / job.job_id / run_id.replace(":", "-")
-            work_dir.mkdir(parents=True, exist_ok=True)
-            spec = self._runner_spec(job, run_id, str(work_dir), token, key_id, secret, applications)
-            (work_dir / "spec.json").write_text(json.dumps(spec, indent=1))
-            job.run_id, job.runner_token_hash, job.work_dir = run_id, jobs.token_hash(token), str(work_dir)
-            job.access_key_id, job.runner_handle, job.last_report_seq = key_id, STARTING, -1
-            job.status, job.last_updated_at = "Preparing", now
-        self._start_runner(job_id, str(work_dir))
-        return True
+                handle = self.executor.start(job_id, "", str(Path(work_dir) / "spec.json"), work_dir)
+            except Exception:  # the job stays `starting`: the next pass finds or starts its runner
+                log.exception("job %s: starting its runner failed", job_id)
+                continue
+            handles[job_id] = (handle, time.time())
+        if not handles:
+            return
+        with self.platform.db.transaction() as session:
+            for job_id, (handle, started_at) in handles.items():
+                self._record_handle(session, job_id, handle, started_at)
+        for job_id, (handle, _) in handles.items():
+            log.info("job %s: runner %s started", job_id, handle)
 
     def _runner_spec(
         self, job, run_id: str, work_dir: str, token: str, key_id: str, secret: str, applications: list[dict]
@@ -133,11 +190,15 @@ class SimulationJobController(Controller):
         spec_path = str(Path(work_dir) / "spec.json")
         handle = self.executor.find_orphan(spec_path) or self.executor.start(job_id, "", spec_path, work_dir)
         with self.platform.db.transaction() as session:
-            job = store.get_job(session, job_id, for_update=True)
-            if job is not None and job.runner_handle == STARTING:
-                job.runner_handle = handle
-                job.runner_started_at = time.time()
+            self._record_handle(session, job_id, handle, time.time())
         log.info("job %s: runner %s started", job_id, handle)
+
+    @staticmethod
+    def _record_handle(session, job_id: str, handle: str, started_at: float) -> None:
+        job = store.get_job(session, job_id, for_update=True)
+        if job is not None and job.runner_handle == STARTING:
+            job.runner_handle = handle
+            job.runner_started_at = started_at
 
     def _recover_start(self, job_id: str) -> None:
         """The control plane stopped between recording a start and recording its runner: finish the start."""
@@ -149,18 +210,12 @@ class SimulationJobController(Controller):
 
     # --- watching ---------------------------------------------------------------------------------------
 
-    def _watch(self, job_id: str, handle: str) -> None:
-        now = time.time()
-        with self.platform.db.read() as session:
-            job = store.get_job(session, job_id)
-            if job is None:
-                return
-            last_heard = max(job.last_report_at or 0, job.runner_started_at or 0, self.started_at)
-            desired, work_dir = job.desired, job.work_dir
-        if desired == "cancel":
-            self._deliver_cancel(job_id, handle, work_dir, now - last_heard)
-        if now - last_heard > SILENT_AFTER_SECONDS and not self.executor.is_alive(handle):
-            self._settle_dead_runner(job_id, handle, work_dir)
+    def _watch(self, job: ActiveJob, now: float) -> None:
+        """Only jobs being cancelled or not heard from lately get here (the snapshot says which)."""
+        if job.desired == "cancel":
+            self._deliver_cancel(job.job_id, job.handle, job.work_dir, now - job.last_heard)
+        if now - job.last_heard > SILENT_AFTER_SECONDS and not self.executor.is_alive(job.handle):
+            self._settle_dead_runner(job.job_id, job.handle, job.work_dir)
 
     def _deliver_cancel(self, job_id: str, handle: str, work_dir: str | None, silent_for: float) -> None:
         if work_dir:

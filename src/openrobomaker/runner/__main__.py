@@ -12,9 +12,13 @@ from openrobomaker.runner.spec import RunnerSpec, SpecError
 
 
 def _configure_logging(log_file: Path) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # runner.log only: the runner's stderr goes to runner.out beside it (interpreter crashes), and logging
+    # to both wrote every line twice. stderr is the fallback when runner.log cannot be opened.
+    handlers: list[logging.Handler] = []
     with contextlib.suppress(OSError):
         handlers.append(logging.FileHandler(log_file))
+    if not handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -112,6 +112,15 @@ class UnixToTcpForwarder(_Forwarder):
             os.unlink(self.socket_path)
 
 
+class ListenerToTcpForwarder(_Forwarder):
+    """A thread of the runner: `listener` was opened inside the job's network namespace (by its holder), and
+    each client is connected to host:port from the runner, which stays in the host's namespace. No unix
+    socket and no forwarder process are needed."""
+
+    def __init__(self, listener: socket.socket, host: str, port: int):
+        super().__init__(listener, lambda: socket.create_connection((host, port), CONNECT_TIMEOUT_SECONDS))
+
+
 def _connect_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT_SECONDS)

@@ -1,30 +1,27 @@
 """Each run in its own network, mount and pid namespaces, so two jobs on one host can both use port 11311.
 
-One holder process (ns_holder.py) is started in fresh namespaces with `unshare`; every job process is then
+One holder process is forked from the runner (ns_holder.ForkedHolder: no new interpreter); it unshares fresh
+namespaces and forks pid 1 of the new pid namespace, which answers the runner's requests (port waits, the
+master's /run_id, a listening socket for the API forwarder, data-source mounts). Every job process is
 started with `nsenter --target <holder>` so that the runner itself stays in the host's network namespace
 (it needs the object store and the control plane on the host's loopback).
 
-* `netns`  — as root: `unshare --net --mount --pid --fork --kill-child`.
-* `userns` — unprivileged: the same inside a new user namespace (`--user --map-root-user`).
+* `netns`  — as root: new network, mount and pid namespaces.
+* `userns` — unprivileged: the same inside a new user namespace (root inside maps to the runner's uid).
 * `none`   — no isolation; the ROS master gets a free port instead of 11311.
 * `auto`   — netns when root and allowed, else userns when the kernel allows it, else the run fails.
 
 Cleanup is guaranteed by the kernel: the holder is pid 1 of the job's pid namespace, so when it dies every
-process of the job dies. The holder dies when the runner stops it, when its stdin (a pipe from the runner)
-closes, or — through setpriv's pdeathsig and unshare's --kill-child — when the runner is SIGKILLed.
+process of the job dies. The holder dies when the runner kills it or hangs up its socket, or — through a
+chain of parent-death signals — when the runner is SIGKILLed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import select
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,14 +29,12 @@ from pathlib import Path
 
 from openrobomaker.runner import ns_holder
 from openrobomaker.runner.failures import INTERNAL_SERVICE_ERROR, JobFailure
-from openrobomaker.runner.procs import pdeathsig_prefix
 
 log = logging.getLogger(__name__)
 
 HOLDER_SCRIPT = str(Path(__file__).with_name("ns_holder.py"))
 ROS_MASTER_PORT = 11311
 _TOOL_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
-_PROBE_TIMEOUT = 10.0
 _READY_TIMEOUT = 15.0
 
 HOST_REQUIREMENTS = (
@@ -103,54 +98,31 @@ class Isolation:
 
 
 class NamespaceIsolation(Isolation):
-    def __init__(self, user_namespace: bool):
+    def __init__(self, user_namespace: bool, holder: ns_holder.ForkedHolder | None = None):
         self.user_namespace = user_namespace
         self.mode = "userns" if user_namespace else "netns"
         self.master_port = ROS_MASTER_PORT
-        self.holder: subprocess.Popen | None = None
-        self.holder_pid: int | None = None
+        self.holder = holder
         self.namespace_dir: Path | None = None
 
     @property
     def isolated(self) -> bool:
         return True
 
-    def _unshare_argv(self) -> list[str]:
-        unshare = _tool("unshare") or "unshare"
-        user = ["--user", "--map-root-user"] if self.user_namespace else []
-        return [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child"]
+    @property
+    def holder_pid(self) -> int | None:
+        return self.holder.pid if self.holder is not None else None
 
     def start(self, namespace_dir: Path) -> None:
         self.namespace_dir = namespace_dir
-        argv = pdeathsig_prefix() + self._unshare_argv() + ["--", sys.executable, "-I", HOLDER_SCRIPT, "hold"]
-        stderr_path = namespace_dir / "holder.stderr"
-        with open(stderr_path, "ab") as stderr:
-            self.holder = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-                env={"PATH": _TOOL_PATH, "LANG": "C.UTF-8"},
-            )
-        if not self._await_ready():
-            detail = stderr_path.read_text(errors="replace").strip()[-500:]
-            self.stop()
-            raise JobFailure(
-                INTERNAL_SERVICE_ERROR, f"could not create the job's namespaces ({self.mode}): {detail}"
-            )
-        self.holder_pid = _child_of(self.holder.pid)
-        if self.holder_pid is None:
-            self.stop()
-            raise JobFailure(INTERNAL_SERVICE_ERROR, "the namespace holder process disappeared")
+        if self.holder is None:  # choose_isolation normally hands over the holder its probe created
+            try:
+                self.holder = ns_holder.ForkedHolder(self.user_namespace, _READY_TIMEOUT)
+            except (OSError, ns_holder.HolderError) as exc:
+                raise JobFailure(
+                    INTERNAL_SERVICE_ERROR, f"could not create the job's namespaces ({self.mode}): {exc}"
+                ) from exc
         log.info("namespaces ready (%s): holder pid %s", self.mode, self.holder_pid)
-
-    def _await_ready(self) -> bool:
-        assert self.holder is not None and self.holder.stdout is not None
-        ready, _, _ = select.select([self.holder.stdout], [], [], _READY_TIMEOUT)
-        line = self.holder.stdout.readline() if ready else b""
-        self.holder.stdout.close()  # the holder prints nothing after "ready"
-        return line.strip() == b"ready"
 
     def wrap(self, argv: Sequence[str], cwd: Path) -> list[str]:
         assert self.holder_pid is not None, "namespaces not started"
@@ -159,25 +131,24 @@ class NamespaceIsolation(Isolation):
         target = ["--target", str(self.holder_pid), *user, "--net", "--mount", "--pid", f"--wd={cwd}"]
         return [nsenter, *target, "--", *argv]
 
-    def run_inside(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = 30.0):
-        return subprocess.run(
-            self.wrap(argv, Path("/")),
-            input=stdin,
-            capture_output=True,
-            timeout=timeout,
-            env={"PATH": _TOOL_PATH, "LANG": "C.UTF-8"},
-            check=False,
-        )
+    def _ask(self, message: dict, timeout: float) -> bool:
+        assert self.holder is not None, "namespaces not started"
+        try:
+            return bool(self.holder.request(message, timeout + 5).get("ok"))
+        except (OSError, ValueError, ns_holder.HolderError) as exc:
+            log.warning("namespace holder request %s failed: %s", message.get("op"), exc)
+            return False
 
     def wait_for_port(self, port: int, timeout: float) -> bool:
-        result = self.run_inside(
-            [sys.executable, "-I", HOLDER_SCRIPT, "wait-port", str(port), str(timeout)], timeout=timeout + 10
-        )
-        return result.returncode == 0
+        return self._ask({"op": "wait-port", "port": port, "timeout": timeout}, timeout)
 
     def init_ros_master(self, port: int, run_id: str, timeout: float) -> bool:
-        argv = [sys.executable, "-I", HOLDER_SCRIPT, "init-master", str(port), run_id, str(timeout)]
-        return self.run_inside(argv, timeout=timeout + 10).returncode == 0
+        return self._ask({"op": "init-master", "port": port, "run_id": run_id, "timeout": timeout}, timeout)
+
+    def listen_inside(self, port: int) -> socket.socket:
+        """A listening TCP socket on the job's own loopback (the runner stays in the host's namespace)."""
+        assert self.holder is not None, "namespaces not started"
+        return self.holder.listen(port)
 
     def mount_data_sources(self, mounts: list[DataSourceMount]) -> bool:
         """Bind each data source read-only at its target inside the job's mount namespace only."""
@@ -188,49 +159,17 @@ class NamespaceIsolation(Isolation):
             "stash": str(self.namespace_dir / "host-opt"),
             "binds": [{"source": str(m.source), "target": m.target} for m in mounts],
         }
-        result = self.run_inside(
-            [sys.executable, "-I", HOLDER_SCRIPT, "mounts"], stdin=json.dumps(plan).encode()
-        )
-        if result.returncode != 0:
-            log.warning("data sources not mounted: %s", result.stderr.decode(errors="replace").strip())
+        if not self._ask({"op": "mounts", "plan": plan}, 30.0):
+            log.warning("data sources not mounted")
             return False
         return True
 
     def stop(self) -> None:
+        """End the namespaces: pid 1 is killed, and with it every process still in the job."""
         if self.holder is None:
             return
-        if self.holder.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.holder.stdin.close()  # the holder exits on EOF
-        try:
-            self.holder.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.holder.pid, 9)
-            self.holder.wait(timeout=5)
+        self.holder.kill()
         self.holder = None
-
-
-def _child_of(parent_pid: int) -> int | None:
-    """The (host) pid of the process `unshare --fork` started: pid 1 of the new pid namespace."""
-    children_file = Path(f"/proc/{parent_pid}/task/{parent_pid}/children")
-    try:
-        children = children_file.read_text().split()
-        if children:
-            return int(children[0])
-    except OSError:
-        pass
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces; the ppid is the second field after it.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid:
-            return int(entry.name)
-    return None
 
 
 def _free_port() -> int:
@@ -239,17 +178,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _namespaces_work(user_namespace: bool) -> tuple[bool, str]:
-    unshare = _tool("unshare")
-    if unshare is None or _tool("nsenter") is None:
-        return False, "util-linux unshare/nsenter not found"
-    user = ["--user", "--map-root-user"] if user_namespace else []
-    argv = [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--", "/bin/true"]
+def _try_namespaces(user_namespace: bool) -> tuple[ns_holder.ForkedHolder | None, str]:
+    """The probe is the real thing: create the job's namespaces; keep them when it works."""
+    if _tool("nsenter") is None:
+        return None, "util-linux nsenter not found"
     try:
-        result = subprocess.run(argv, capture_output=True, timeout=_PROBE_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, str(exc)
-    return result.returncode == 0, result.stderr.decode(errors="replace").strip()
+        return ns_holder.ForkedHolder(user_namespace, _READY_TIMEOUT), ""
+    except (OSError, ns_holder.HolderError) as exc:
+        return None, str(exc)
 
 
 def choose_isolation(requested: str) -> Isolation:
@@ -263,9 +199,9 @@ def choose_isolation(requested: str) -> Isolation:
         attempts.append((True, "userns"))
     details = []
     for user_namespace, name in attempts:
-        works, detail = _namespaces_work(user_namespace)
-        if works:
-            return NamespaceIsolation(user_namespace)
+        holder, detail = _try_namespaces(user_namespace)
+        if holder is not None:
+            return NamespaceIsolation(user_namespace, holder)
         details.append(f"{name}: {detail or 'not permitted'}")
     if requested == "netns" and os.geteuid() != 0:
         details.append("netns: the runner is not root")

@@ -53,8 +53,8 @@ from openrobomaker.runner.failures import (
     crash_code,
 )
 from openrobomaker.runner.fetch import fetch_application
-from openrobomaker.runner.forwarder import UnixToTcpForwarder
-from openrobomaker.runner.isolation import DataSourceMount, Isolation, choose_isolation
+from openrobomaker.runner.forwarder import ListenerToTcpForwarder
+from openrobomaker.runner.isolation import DataSourceMount, Isolation, NamespaceIsolation, choose_isolation
 from openrobomaker.runner.layout import RunLayout
 from openrobomaker.runner.outputs import check_output_location, output_key_prefix, upload_outputs
 from openrobomaker.runner.procs import RUN_MARKER_VAR, JobProcess, LogSink, kill_marked_processes
@@ -70,7 +70,6 @@ ROSOUT = "/usr/lib/rosout/rosout"
 RUNNER_DIR = Path(__file__).resolve().parent
 LAUNCHER = str(RUNNER_DIR / "ros1_launch.py")
 SERVICE_NODE = str(RUNNER_DIR / "robomaker_service.py")
-FORWARDER = str(RUNNER_DIR / "forwarder.py")
 MASTER_START_TIMEOUT = 30.0
 APP_SIGINT_TIMEOUT = 10.0  # the launcher gives nodes 5 s for SIGINT and 2 s for SIGTERM itself
 BAG_SIGINT_TIMEOUT = 15.0  # rosbag must get to close the bag properly
@@ -136,8 +135,7 @@ class Infrastructure:
     rosout: JobProcess | None = None
     service_node: JobProcess | None = None
     bag_recorder: JobProcess | None = None
-    ns_forwarder: JobProcess | None = None
-    host_forwarder: UnixToTcpForwarder | None = None
+    api_forwarder: ListenerToTcpForwarder | None = None
     sinks: list[LogSink] = field(default_factory=list)
 
 
@@ -164,6 +162,9 @@ class JobRun:
         self.output_writable = False
         self.processes_started = False
         self.crashes = 0
+        self.master_failure: JobFailure | None = None
+        self.master_settled = threading.Event()
+        self.isolation_failure: JobFailure | None = None
         self.reporter = Reporter(
             url=spec.control_plane.url,
             job_id=spec.job_id,
@@ -185,6 +186,7 @@ class JobRun:
 
     def run(self) -> int:
         self._install_signal_handlers()
+        self._create_namespaces()  # before the reporter's thread exists: see there
         self.reporter.start()
         self._set_phase("Preparing")
         log.info(
@@ -277,7 +279,9 @@ class JobRun:
             check_output_location(self.store, self.spec.output_location, self.output_prefix)
             self.output_writable = True
         self._check_cancel()
-        self.isolation = choose_isolation(self.spec.isolation)
+        if self.isolation_failure is not None:
+            raise self.isolation_failure
+        assert self.isolation is not None
         log.info("isolation: %s", self.isolation.mode)
         for app_spec in self.spec.applications:
             sink = LogSink(self.layout.app_log(app_spec.is_simulation))
@@ -290,6 +294,18 @@ class JobRun:
             self.store, self.spec.data_sources, self.layout.datasources, self.layout.downloads
         )
         self._check_cancel()
+
+    def _create_namespaces(self) -> None:
+        """The namespace holder is forked from this process, so fork it while the runner has one thread:
+        a child forked while another thread holds a libc lock (the reporter's getaddrinfo, say) can hang
+        on that lock forever. A failure is raised where Preparing chooses the isolation."""
+        try:
+            self.isolation = choose_isolation(self.spec.isolation)
+        except JobFailure as failure:
+            self.isolation_failure = failure
+        except Exception as exc:  # reported as the run's failure once the reporter runs
+            log.exception("creating the job's namespaces failed")
+            self.isolation_failure = JobFailure(INTERNAL_SERVICE_ERROR, f"Cannot isolate the job: {exc}")
 
     def _fetch_bundle(self, app: AppRuntime) -> None:
         app.generation += 1
@@ -363,26 +379,23 @@ class JobRun:
         return str(self.layout.datasources)
 
     def _bridge_api_endpoint(self) -> str:
-        """The API URL as apps inside the job reach it; isolated jobs get a forwarder on their loopback."""
+        """The API URL as apps inside the job reach it; isolated jobs get a forwarder on their loopback: a
+        thread of the runner accepting on a socket the namespace holder opened inside the job's netns."""
         assert self.isolation is not None
         url = self.spec.api_endpoint.url
-        if not self.isolation.isolated:
+        if not isinstance(self.isolation, NamespaceIsolation):
             return url
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         inner_port = port if port != self.isolation.master_port else port + 1
-        socket_path = str(self.layout.api_socket_path())
-        self.infra.host_forwarder = UnixToTcpForwarder(socket_path, parts.hostname or "127.0.0.1", port)
-        self.infra.host_forwarder.start()
-        self.infra.ns_forwarder = self._spawn_infra(
-            "api_forwarder",
-            [ROS_PYTHON, "-I", FORWARDER, "tcp-to-unix", str(inner_port), socket_path],
-            {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", RUN_MARKER_VAR: self.run_marker},
-        )
-        if not self.isolation.wait_for_port(inner_port, 10.0):
+        try:
+            listener = self.isolation.listen_inside(inner_port)
+        except Exception as exc:  # OSError, or the holder's HolderError
             raise JobFailure(
-                INTERNAL_SERVICE_ERROR, "The API forwarder inside the job's network namespace did not start."
-            )
+                INTERNAL_SERVICE_ERROR, f"The API forwarder inside the job's network namespace failed: {exc}"
+            ) from exc
+        self.infra.api_forwarder = ListenerToTcpForwarder(listener, parts.hostname or "127.0.0.1", port)
+        self.infra.api_forwarder.start()
         return urllib.parse.urlunsplit((parts.scheme, f"127.0.0.1:{inner_port}", parts.path, "", ""))
 
     def _spawn_infra(self, name: str, argv: list[str], env: dict[str, str]) -> JobProcess:
@@ -401,21 +414,40 @@ class JobRun:
         )
 
     def _start_master(self) -> None:
-        """`rosmaster --core` plus the rosout node: what roscore starts, without roslaunch's start-up cost."""
+        """`rosmaster --core` plus the rosout node: what roscore starts, without roslaunch's start-up cost.
+
+        Nothing waits for the master here: rosout, the services node and rosbag (roscpp/rospy) wait for it
+        themselves, and the launcher waits until the master has the run's /run_id (--wait-master). So the
+        master's ~0.4 s start-up overlaps the launchers' own start-up instead of preceding it. A thread
+        sets /run_id once the master answers; a master that does not come up fails the job."""
         assert self.isolation is not None and self.context is not None
         port = self.isolation.master_port
         env = base_environment(self.layout, self.context)
         self.infra.master = self._spawn_infra("rosmaster", [ROSMASTER, "--core", "-p", str(port)], env)
+        self.infra.rosout = self._spawn_infra("rosout", [ROSOUT, "__name:=rosout"], env)
+        threading.Thread(target=self._init_master, args=(port,), name="init-master", daemon=True).start()
+
+    def _init_master(self, port: int) -> None:
+        assert self.isolation is not None and self.infra.master is not None
         ros_run_id = str(uuid.uuid1())
-        if (
-            not self.isolation.init_ros_master(port, ros_run_id, MASTER_START_TIMEOUT)
-            or self.infra.master.poll() is not None
-        ):
-            raise JobFailure(
+        ok = self.isolation.init_ros_master(port, ros_run_id, MASTER_START_TIMEOUT)
+        if not ok or self.infra.master.poll() is not None:
+            self.master_failure = JobFailure(
                 INTERNAL_SERVICE_ERROR,
                 f"The ROS master did not start on port {port}: {_tail(self.layout.infra_log('rosmaster'))}",
             )
-        self.infra.rosout = self._spawn_infra("rosout", [ROSOUT, "__name:=rosout"], env)
+            self.events.put("infrastructure")
+        else:
+            log.info("ROS master ready on port %s (run_id %s)", port, ros_run_id)
+        self.master_settled.set()
+
+    def _await_master(self) -> None:
+        """Block (cancellable) until the master is up: for `command` applications, which, unlike the
+        launcher, do not wait for it themselves and may expect it from their first line."""
+        while self.infra.master is not None and not self.master_settled.wait(POLL_SECONDS):
+            self._check_cancel()
+        if self.master_failure is not None:
+            raise self.master_failure
 
     # --- applications ---------------------------------------------------------------------------
 
@@ -436,12 +468,16 @@ class JobRun:
             LAUNCHER,
             "--status-file",
             str(app.status_file),
+            "--wait-master",
+            str(MASTER_START_TIMEOUT + 10),  # the runner's own check fails the job first
             config.package_name,
             config.launch_file,
         ]
 
     def _start_app(self, app: AppRuntime) -> None:
         assert self.isolation is not None and self.context is not None and app.bundle is not None
+        if app.spec.launch_config.command:
+            self._await_master()
         app.starts += 1
         app.exited_cleanly = False
         app.status_file = self.layout.status / f"{app.slug}-{app.starts}.json"
@@ -459,6 +495,7 @@ class JobRun:
             cwd,
             f"{self.run_marker}-{app.slug}",
             leader_is_wrapper=self.isolation.isolated,
+            on_exit=lambda: self.events.put("exited"),
         )
 
     def _start_all_apps(self) -> None:
@@ -502,6 +539,8 @@ class JobRun:
         return RunResult("Completed")
 
     def _check_infrastructure(self) -> None:
+        if self.master_failure is not None:
+            raise self.master_failure
         master = self.infra.master
         if master is not None and master.poll() is not None:
             raise JobFailure(
@@ -570,33 +609,26 @@ class JobRun:
     # --- ending ---------------------------------------------------------------------------------
 
     def _stop_everything(self) -> None:
-        infra = self.infra
         try:
             self._stop_apps()
-            # rosbag gets SIGINT and time to close its bag; the master goes last so nodes shut down cleanly.
-            _stop_in_parallel(
-                [
-                    (infra.bag_recorder, BAG_SIGINT_TIMEOUT),
-                    (infra.service_node, 5.0),
-                    (infra.ns_forwarder, 5.0),
-                ]
-            )
-            _stop_in_parallel([(infra.rosout, 5.0), (infra.master, 5.0)])
+            # rosbag gets SIGINT and time to close its bag. Nothing else of the infrastructure has anything
+            # to flush: the services node, rosout and the master end with the namespace, at once.
+            _stop_in_parallel([(self.infra.bag_recorder, BAG_SIGINT_TIMEOUT)])
         finally:
             self._release_host_resources()
 
     def _release_host_resources(self) -> None:
         infra = self.infra
+        if infra.api_forwarder is not None:
+            infra.api_forwarder.close()
         if self.isolation is not None:
             try:
-                self.isolation.stop()  # the holder exits: the kernel kills what is left in the pid namespace
+                self.isolation.stop()  # pid 1 of the job is killed: the kernel kills what is left in it
             except Exception:
                 log.exception("stopping the namespace holder failed")
-        if infra.host_forwarder is not None:
-            infra.host_forwarder.close()
-            socket_dir = Path(infra.host_forwarder.socket_path).parent
-            if socket_dir != self.layout.work_dir:
-                remove_tree(socket_dir)  # the short /tmp dir used when the work dir path is too long
+        for process in (infra.service_node, infra.rosout, infra.master):
+            if process is not None:
+                process.kill_now()  # without isolation these are still running; isolated, just reaped
         kill_marked_processes(RUN_MARKER_VAR, self.run_marker)
         for sink in infra.sinks:
             sink.close()

@@ -10,14 +10,22 @@
 
 When the holder exits, the kernel kills every other process of the pid namespace: that is what guarantees a
 job leaves nothing behind even if the runner is SIGKILLed.
+
+`fork_holder()` is the same holder without a new interpreter: the runner forks, the child unshares the
+namespaces itself (libc unshare) and forks pid 1 of the new pid namespace, which then serves the runner's
+requests (wait for a port, set the master's /run_id, open a listening socket inside the namespace and pass
+it back over SCM_RIGHTS, apply the data-source mounts) on a socketpair until the runner closes it or dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -72,26 +80,36 @@ def hold() -> int:
     return 0
 
 
-def wait_port(port: int, seconds: float) -> int:
+def wait_port(port: int, seconds: float, interval: float = 0.1) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return 0
         except OSError:
-            time.sleep(0.1)
+            time.sleep(interval)
     return 1
 
 
 def init_master(port: int, run_id: str, seconds: float) -> int:
-    if wait_port(port, seconds) != 0:
-        return 1
-    master = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/")
-    code, message, _ = master.setParam("/openrobomaker_runner", "/run_id", run_id)
-    if code != 1:
-        print(f"setting /run_id failed: {message}", file=sys.stderr)
-        return 1
-    return 0
+    deadline = time.monotonic() + seconds
+    # rosmaster answers within ~0.5 s; a refused connect is cheap, so look often.
+    while wait_port(port, max(deadline - time.monotonic(), 0), 0.02) == 0:
+        master = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/")
+        try:
+            code, message, _ = master.setParam("/openrobomaker_runner", "/run_id", run_id)
+        except (OSError, xmlrpc.client.Error) as exc:
+            # The port can accept before the master serves (or under heavy load drop the first call).
+            message = str(exc)
+            code = 0
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+        if code != 1:
+            print(f"setting /run_id failed: {message}", file=sys.stderr)
+            return 1
+        return 0
+    return 1
 
 
 def _mount(*args: str) -> None:
@@ -156,6 +174,207 @@ def apply_mounts(plan: dict) -> int:
         print(f"mounting data sources failed: {exc} {detail}", file=sys.stderr)
         return 1
     return 0
+
+
+# --- the forked holder -------------------------------------------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+_MESSAGE_BYTES = 1 << 16
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a forked child must not import
+
+
+class HolderError(Exception):
+    pass
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise HolderError(f"{what}: {os.strerror(code)}")
+
+
+def _die_with_parent(parent: int | None) -> None:
+    _check(_LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0), "prctl")
+    if parent is not None and os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _enter_new_namespaces(user_namespace: bool) -> None:
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if user_namespace else 0)
+    _check(_LIBC.unshare(flags), "unshare")
+    if user_namespace:  # root inside maps to the runner's own uid/gid, as `unshare --map-root-user` does
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as fh:
+                fh.write(text)
+    # Mounts made inside the job must not propagate to the host (unshare(1) does the same by default).
+    _check(_LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+
+
+def _send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def _listen(port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    return listener
+
+
+def _answer(sock: socket.socket, request: dict) -> None:
+    op = request.get("op")
+    if op == "wait-port":
+        _send(sock, {"ok": wait_port(int(request["port"]), float(request["timeout"]), 0.02) == 0})
+    elif op == "init-master":
+        ok = init_master(int(request["port"]), str(request["run_id"]), float(request["timeout"])) == 0
+        _send(sock, {"ok": ok})
+    elif op == "listen":
+        try:
+            listener = _listen(int(request["port"]))
+        except OSError as exc:
+            _send(sock, {"ok": False, "error": str(exc)})
+            return
+        _send(sock, {"ok": True}, [listener.fileno()])
+        listener.close()
+    elif op == "mounts":
+        _send(sock, {"ok": apply_mounts(request["plan"]) == 0})
+    else:
+        _send(sock, {"ok": False, "error": f"unknown request {op!r}"})
+
+
+def _serve_as_init(sock: socket.socket) -> None:
+    """pid 1 of the job: bring lo up, answer requests, reap orphans; return when the runner hangs up."""
+    bring_loopback_up()
+    _send(sock, {"ready": True})
+    while True:
+        readable, _, _ = select.select([sock], [], [], 0.5)
+        _reap_children()
+        if not readable:
+            continue
+        data = sock.recv(_MESSAGE_BYTES)
+        if not data:
+            return
+        try:
+            _answer(sock, json.loads(data))
+        except Exception as exc:  # noqa: BLE001 - pid 1 must not die of one bad request: the job would
+            _send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _holder_child(inner_sock: socket.socket, outer_sock: socket.socket, runner: int, user_ns: bool) -> None:
+    """The forked child: new namespaces, then pid 1 below it; it waits for pid 1 and exits with it."""
+    status = 1
+    try:
+        outer_sock.close()
+        keep = inner_sock.fileno()
+        # Nothing of the runner's (log files, pipes, its control-plane connection) stays open in the job.
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+        _die_with_parent(runner)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        _enter_new_namespaces(user_ns)
+        init = os.fork()
+        if init == 0:
+            try:
+                # Its parent is outside its pid namespace (getppid() says 0), so there is nothing to check;
+                # should the parent die first, the runner's end of the socket still closes with the runner.
+                _die_with_parent(None)
+                _serve_as_init(inner_sock)
+                status = 0
+            finally:
+                os._exit(status)
+        _send(inner_sock, {"pid": init})
+        inner_sock.close()
+        os.waitpid(init, 0)
+        status = 0
+    except BaseException as exc:  # noqa: BLE001 - tell the runner why, whatever it was
+        with contextlib.suppress(OSError):
+            _send(inner_sock, {"error": str(exc) or type(exc).__name__})
+    finally:
+        os._exit(status)
+
+
+class ForkedHolder:
+    """The runner's end of a forked holder."""
+
+    def __init__(self, user_namespace: bool, timeout: float = 15.0):
+        outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runner = os.getpid()
+        self.child = os.fork()
+        if self.child == 0:
+            _holder_child(inner, outer, runner, user_namespace)
+        inner.close()
+        self.sock = outer
+        self._lock = threading.Lock()
+        self.pid: int | None = None  # pid 1 of the job's pid namespace, as the host sees it
+        try:
+            self._await_ready(timeout)
+        except HolderError:
+            self.close()
+            raise
+
+    def _await_ready(self, timeout: float) -> None:
+        ready = False
+        deadline = time.monotonic() + timeout
+        while self.pid is None or not ready:
+            message = self._receive(deadline - time.monotonic())
+            if "error" in message:
+                raise HolderError(message["error"])
+            self.pid = message.get("pid", self.pid)
+            ready = ready or bool(message.get("ready"))
+
+    def _receive(self, timeout: float) -> dict:
+        readable, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+        if not readable:
+            raise HolderError("the namespace holder did not answer")
+        data = self.sock.recv(_MESSAGE_BYTES)
+        if not data:
+            raise HolderError("the namespace holder exited")
+        return json.loads(data)
+
+    def request(self, message: dict, timeout: float) -> dict:
+        with self._lock:  # one request at a time: the master's set-up runs in a thread of the runner
+            _send(self.sock, message)
+            return self._receive(timeout)
+
+    def listen(self, port: int, timeout: float = 10.0) -> socket.socket:
+        """A TCP socket listening on 127.0.0.1:port inside the job's network namespace."""
+        with self._lock:
+            _send(self.sock, {"op": "listen", "port": port})
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            if not readable:
+                raise HolderError("the namespace holder did not answer")
+            data, fds, _, _ = socket.recv_fds(self.sock, _MESSAGE_BYTES, 1)
+        answer = json.loads(data or b"{}")
+        if not answer.get("ok") or not fds:
+            raise HolderError(answer.get("error") or "no socket from the namespace holder")
+        return socket.socket(fileno=fds[0])
+
+    def close(self) -> None:
+        """Hang up: pid 1 exits, and the kernel kills everything left in the job's pid namespace."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.child, 0)
+
+    def kill(self) -> None:
+        """End the namespace now (no wait for pid 1 to notice the hang-up)."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.close()
 
 
 def main(argv: list[str]) -> int:

@@ -11,12 +11,13 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class JobProcess:
         cwd: Path,
         marker: str,
         leader_is_wrapper: bool = False,
+        on_exit: Callable[[], None] | None = None,
     ):
         self.name = name
         self.marker = marker
@@ -80,6 +82,7 @@ class JobProcess:
         # it exits with its child's status once the child is gone.
         self.leader_is_wrapper = leader_is_wrapper
         self.sink = sink
+        self._stopped = False
         env = dict(env)
         env[PROC_MARKER_VAR] = marker
         self.popen = subprocess.Popen(
@@ -93,7 +96,24 @@ class JobProcess:
         )
         self._pump = threading.Thread(target=self._pump_output, name=f"log-{name}", daemon=True)
         self._pump.start()
+        if on_exit is not None:
+            threading.Thread(
+                target=self._watch_exit, args=(on_exit,), name=f"exit-{name}", daemon=True
+            ).start()
         log.info("started %s (pid %s)", name, self.popen.pid)
+
+    def _watch_exit(self, on_exit: Callable[[], None]) -> None:
+        """Call on_exit once the leader has exited, without reaping it (poll() stays the one that reaps):
+        the runner reacts to an app ending at once instead of at its next poll."""
+        try:
+            fd = os.pidfd_open(self.popen.pid)
+        except OSError:
+            return  # no pidfd (old kernel) or already reaped: the supervisor's poll still notices
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        on_exit()
 
     @property
     def pid(self) -> int:
@@ -151,8 +171,18 @@ class JobProcess:
             time.sleep(0.1)
         return True
 
+    def kill_now(self, timeout: float = 5.0) -> int | None:
+        """SIGKILL the process group and reap the leader: for processes with nothing to flush."""
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=timeout)
+        self._pump.join(timeout=2.0)
+        return self.popen.returncode
+
     def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 3.0) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL to every process of this start, waiting for all of them."""
+        if self._stopped:  # already stopped (an app that exited is stopped at once, and again at the end)
+            return self.popen.returncode
         if not self._gone():
             self.interrupt()
             if not self.wait_gone(sigint_timeout):
@@ -166,6 +196,7 @@ class JobProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5.0)
         self._pump.join(timeout=2.0)
+        self._stopped = True
         log.info("stopped %s", self.name)
         return self.popen.returncode
 

@@ -79,6 +79,25 @@ def resolve_launch_file(package, launch_file):
     return roslaunch.rlutil.resolve_launch_arguments([package, launch_file])
 
 
+def wait_for_master(seconds):
+    """Wait until the master answers and has /run_id (the runner sets it as soon as the master is up).
+
+    The runner starts the master and this launcher at the same time; without the wait roslaunch would find
+    no master and start one of its own, or generate a /run_id of its own."""
+    import rosgraph
+
+    master = rosgraph.Master("/openrobomaker_launcher")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not STOP.is_set():
+        try:
+            if master.hasParam("/run_id"):
+                return True
+        except Exception:  # not up yet: connection refused, or the master still starting
+            pass
+        time.sleep(0.02)
+    return False
+
+
 def run(args):
     import roslaunch
     import roslaunch.core
@@ -90,6 +109,10 @@ def run(args):
     except roslaunch.core.RLException as exc:
         return fail(args, EXIT_LAUNCH_ERROR, "launch-error", str(exc))
 
+    if args.wait_master and not wait_for_master(args.wait_master):
+        if STOP.is_set():
+            return EXIT_OK
+        return fail(args, EXIT_LAUNCH_ERROR, "launch-error", "the ROS master did not come up")
     run_id = roslaunch.rlutil.get_or_generate_uuid(None, False)
     roslaunch.configure_logging(run_id)
     listener = CrashListener()
@@ -138,6 +161,7 @@ def main():
     parser.add_argument("--status-file")
     parser.add_argument("--sigint-timeout", type=float, default=5.0)
     parser.add_argument("--sigterm-timeout", type=float, default=2.0)
+    parser.add_argument("--wait-master", type=float, default=0.0, help="seconds to wait for master + /run_id")
     parser.add_argument("package")
     parser.add_argument("launch_file")
     return run(parser.parse_args())

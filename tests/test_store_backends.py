@@ -232,3 +232,31 @@ def test_concurrent_updates_with_one_revision_id_let_exactly_one_win(config_for,
         assert (
             server.client().describe_robot_application(application=created["arn"])["revisionId"] == winners[0]
         )
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deployment_to_real_agents(config_for, backend, tmp_path):
+    """Agent polls, step reports (group commits of prepared statements) and the rollout controller's
+    waves on both stores: two real agents, one robot per wave, every robot InSync, the fleet updated."""
+    from deploy_helpers import app_config, fleet_of_agents, object_store, robot_application, wait_for_job
+
+    with data_dir() as directory, running_server(config=config_for(backend), data_dir=directory) as server:
+        rm = server.client()
+        app = robot_application(rm, object_store(server), tmp_path, f"backend-{backend}")
+        with fleet_of_agents(server, rm, tmp_path, f"fleet-{backend}", 2) as (fleet, _agents):
+            job = rm.create_deployment_job(
+                fleet=fleet,
+                deploymentApplicationConfigs=app_config(app),
+                deploymentConfig={"concurrentDeploymentPercentage": 50, "robotDeploymentTimeoutInSeconds": 60},
+            )["arn"]
+            described = wait_for_job(rm, job)
+            assert described["status"] == "Succeeded", described
+            summaries = described["robotDeploymentSummary"]
+            assert [s["status"] for s in summaries] == ["InSync", "InSync"]
+            assert all(s["progressDetail"]["currentProgress"] == "Finished" for s in summaries)
+            robots = rm.list_robots(filters=[{"name": "fleetName", "values": [f"fleet-{backend}"]}])["robots"]
+            assert {r["status"] for r in robots} == {"InSync"}
+            fleet_view = rm.describe_fleet(fleet=fleet)
+            assert fleet_view["lastDeploymentJob"] == job
+            assert fleet_view["lastDeploymentStatus"] == "Succeeded"

@@ -5,8 +5,9 @@ Everything it knows is in the job and robot deployment rows, so a restarted cont
 rollout up where it was; every step is a conditional update of those rows, so nothing starts twice.
 
 It is woken by every robot that ends its deployment (so the next wave starts at once, not on the next
-interval) and wakes the agents of the robots it starts. A pass that has nothing to change only reads: a
-count of the job's robots by status, and robot deadlines at most once a second.
+interval) and wakes the agents of the robots it starts. A pass that has nothing to change only reads, with
+prepared statements and no session (`Database.reader()`): the active jobs, a count of each one's robots by
+status, and robot deadlines at most once a second. A wave start loads only that wave's rows.
 """
 
 from __future__ import annotations
@@ -37,37 +38,51 @@ class DeploymentJobController(Controller):
     def __init__(self, platform: Any):
         super().__init__(platform)
         self._deadlines_checked = float("-inf")
+        # deploymentConfig of the active jobs: a job's definition never changes once created, so a pass
+        # reads (and decodes) it once per job, not once per pass
+        self._configs: dict[str, dict[str, Any]] = {}
 
     def reconcile(self) -> None:
-        if time.monotonic() - self._deadlines_checked >= DEADLINE_CHECK_SECONDS:
-            self._deadlines_checked = time.monotonic()
-            self._expire_robot_deadlines()
-        with self.platform.db.read() as session:
-            job_ids = store.active_job_ids(session)
+        with self.platform.db.reader() as reader:
+            job_ids = store.active_ids(reader)
+            self._configs = {job_id: self._configs[job_id] for job_id in job_ids if job_id in self._configs}
+            if time.monotonic() - self._deadlines_checked >= DEADLINE_CHECK_SECONDS:
+                self._deadlines_checked = time.monotonic()
+                self._expire_robot_deadlines(reader)
+            changing = [job_id for job_id in job_ids if self._may_change(reader, job_id)]
         started: list[str] = []
-        for job_id in job_ids:
+        for job_id in changing:
             started += self._advance(job_id)
         if started:
             wake = self.platform.signals.get(AGENT_SIGNAL)
             if wake is not None:
                 wake(started)
 
+    def _config(self, reader: Any, job_id: str) -> dict[str, Any] | None:
+        config = self._configs.get(job_id)
+        if config is None:
+            _, definition = store.status_and_definition(reader, job_id)
+            if definition is None:
+                return None  # the job is gone
+            config = self._configs[job_id] = definition["deploymentConfig"]
+        return config
+
     # --- per-robot deadlines ----------------------------------------------------------------------------
 
-    def _expire_robot_deadlines(self) -> None:
+    def _expire_robot_deadlines(self, reader: Any) -> None:
         now = time.time()
-        with self.platform.db.read() as session:
-            deploying = store.deploying_starts(session)
-            if not deploying:
-                return
-            timeouts = {}
-            for job_id in {job_id for job_id, _, _ in deploying}:
-                job = store.get_job(session, job_id)
-                timeouts[job_id] = job.definition["deploymentConfig"]["robotDeploymentTimeoutInSeconds"]
+        deploying = store.deploying_starts_of(reader)
+        if not deploying:
+            return
+        timeouts = {}
+        for job_id in {job_id for job_id, _, _ in deploying}:
+            config = self._config(reader, job_id)
+            if config is not None:
+                timeouts[job_id] = config["robotDeploymentTimeoutInSeconds"]
         expired = [
             (job_id, arn)
             for job_id, arn, start in deploying
-            if start is not None and now - start > timeouts[job_id]
+            if start is not None and job_id in timeouts and now - start > timeouts[job_id]
         ]
         if not expired:
             return
@@ -96,9 +111,8 @@ class DeploymentJobController(Controller):
     # --- one job ----------------------------------------------------------------------------------------
 
     def _advance(self, job_id: str) -> list[str]:
-        """One step of the job's rollout; returns the robots whose deployment it started."""
-        if not self._may_change(job_id):
-            return []
+        """One step of the job's rollout (one `_may_change` said it may change); returns the robots whose
+        deployment it started."""
         with self.platform.db.transaction() as session:
             job = store.get_job(session, job_id, for_update=True)
             if job is None or job.status not in store.ACTIVE_STATUSES:
@@ -109,14 +123,16 @@ class DeploymentJobController(Controller):
                 return []
             return self._roll(session, job)
 
-    def _may_change(self, job_id: str) -> bool:
+    def _may_change(self, reader: Any, job_id: str) -> bool:
         """False when a read shows the step would change nothing: robots still deploying, threshold not
-        breached. Most passes (every report that is not the last of a wave) end here, without a write."""
-        with self.platform.db.read() as session:
-            status, counts = store.job_progress(session, job_id)
-            if status not in ("Preparing", "InProgress"):
-                return status in store.ACTIVE_STATUSES
-            config = store.get_job(session, job_id).definition["deploymentConfig"]
+        breached. Most passes (every report that is not the last of a wave) end here, without a write,
+        after two prepared reads (no session)."""
+        status, counts = store.job_progress_of(reader, job_id)
+        if status not in ("Preparing", "InProgress"):
+            return status in store.ACTIVE_STATUSES
+        config = self._config(reader, job_id)
+        if config is None:
+            return False
         total = sum(counts.values())
         failed = sum(
             n
@@ -150,28 +166,33 @@ class DeploymentJobController(Controller):
         job.updated_at = time.time()
 
     def _roll(self, session, job: store.DeploymentJobRow) -> list[str]:
-        rows = store.robot_deployments(session, job.job_id)
+        """Threshold, wave end and job end from the robots counted by status; only the next wave's rows
+        are loaded (not every robot of the job, at each wave)."""
+        _, counts = store.job_progress(session, job.job_id)
         config = job.definition["deploymentConfig"]
-        failed = [r for r in rows if r.status in ("Failed", "NoResponse") and r.failure_code != rules.ABORTED]
-        if rows and len(failed) * 100 >= config["failureThresholdPercentage"] * len(rows):
+        total = sum(counts.values())
+        failed = sum(
+            n
+            for (state, code), n in counts.items()
+            if state in ("Failed", "NoResponse") and code != rules.ABORTED
+        )
+        if total and failed * 100 >= config["failureThresholdPercentage"] * total:
             rules.finish_job(
                 session,
                 job,
                 "Failed",
                 "FailureThresholdBreached",
-                f"{len(failed)} of {len(rows)} robots failed; the failure threshold is "
+                f"{failed} of {total} robots failed; the failure threshold is "
                 f"{config['failureThresholdPercentage']}%",
             )
             return []
-        if any(r.status == DEPLOYING for r in rows):
+        if any(n for (state, _), n in counts.items() if state == DEPLOYING):
             return []
-        waiting = [r for r in rows if r.status == WAITING]
-        if not waiting:
+        if not any(n for (state, _), n in counts.items() if state == WAITING):
             # Every robot ended within the failure threshold: the rollout is complete.
             rules.finish_job(session, job, "Succeeded", None, None)
             return []
-        wave = min(r.wave for r in waiting)
-        return self._start_wave(session, job, [r for r in waiting if r.wave == wave])
+        return self._start_wave(session, job, store.next_wave(session, job.job_id))
 
     @staticmethod
     def _start_wave(session, job: store.DeploymentJobRow, rows: list[store.RobotDeploymentRow]) -> list[str]:

@@ -147,8 +147,9 @@ def _public(definition: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in definition.items() if not k.startswith("_")}
 
 
-def job_summary(job: store.DeploymentJobRow) -> dict[str, Any]:
-    """The `DeploymentJob` shape of ListDeploymentJobs (no robot summaries, no tags)."""
+def job_summary(job: Any) -> dict[str, Any]:
+    """The `DeploymentJob` shape of ListDeploymentJobs (no robot summaries, no tags), of a job row or a
+    `store.job_summaries` row."""
     return {
         "arn": job.arn,
         "fleet": job.fleet_arn,
@@ -329,14 +330,12 @@ def describe_deployment_job(platform: Any, ctx: RequestContext, params: dict[str
 @operation("ListDeploymentJobs")
 def list_deployment_jobs(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     filters = exact_filters(params, LIST_FILTERS)
-    with platform.db.read() as session:
+    with platform.db.reader() as reader:  # prepared reads of flat rows: jobs are watched by polling this
         fleet_arns = None
         if "fleetName" in filters:
-            fleet_arns = fleet_store.fleet_arns_named(
-                session, ctx.account_id, ctx.region, filters["fleetName"]
-            )
-        rows = store.list_jobs(
-            session, ctx.account_id, ctx.region, status=filters.get("status"), fleet_arns=fleet_arns
+            fleet_arns = fleet_store.arns_named(reader, ctx.account_id, ctx.region, filters["fleetName"])
+        rows = store.job_summaries(
+            reader, ctx.account_id, ctx.region, status=filters.get("status"), fleet_arns=fleet_arns
         )
     window, token = paginate_filtered(params, rows, "deployment-jobs", filters, 200)  # model: 1–200
     return {"deploymentJobs": [job_summary(job) for job in window], "nextToken": token}
@@ -433,15 +432,16 @@ def _robot_env_tags(tags: dict[str, str]) -> dict[str, str]:
     return {f"AWS_ROBOMAKER_ROBOT_TAG_KEY_{k}": v for k, v in tags.items() if _TAG_ENV_KEY.match(k)}
 
 
-def _deployment_for_agent(
-    session, robot, row: store.RobotDeploymentRow, job: store.DeploymentJobRow | None
-) -> dict[str, Any] | None:
+def _deployment_for_agent(reader, robot, row, job) -> dict[str, Any] | None:
+    """The deployment a robot's agent should run: `robot` from `robot_store.robot_for_agent`, `row` from
+    `store.deploying_on_robot`, `job` from `store.job_for_agent` (flat rows, no ORM objects)."""
     if job is None:
         return None
-    app = job.definition["_app"]
+    definition = job.definition
+    app = definition["_app"]
     source = next((s for s in app["sources"] if s["architecture"] == robot.architecture), None)
-    config = job.definition["deploymentApplicationConfigs"][0]
-    deployment_config = job.definition["deploymentConfig"]
+    config = definition["deploymentApplicationConfigs"][0]
+    deployment_config = definition["deploymentConfig"]
     return {
         "job": job.arn,
         "jobId": job.job_id,
@@ -451,7 +451,7 @@ def _deployment_for_agent(
         "source": source
         and {"s3Bucket": source["s3Bucket"], "s3Key": source["s3Key"], "etag": source["etag"]},
         "launchConfig": config["launchConfig"],
-        "robotTagEnvironment": _robot_env_tags(tag_rules.load_tags(session, robot.arn)),
+        "robotTagEnvironment": _robot_env_tags(tag_rules.load_tags(reader, robot.arn)),
         "downloadConditionFile": deployment_config.get("downloadConditionFile"),
         "startedAt": row.deployment_start_time,
         "lastReportSeq": row.last_report_seq,
@@ -480,43 +480,38 @@ def agent_polls(platform: Any, polls: list[tuple[RequestContext, str]]) -> list[
             answers[index] = exc
     stale = []
     if admitted:
-        with platform.db.read() as session:
-            arns = sorted({robot_arn for _, _, robot_arn in admitted})
-            robots = {r.arn: r for r in robot_store.robots_by_arns(session, arns)}
-            deploying: dict[str, list[store.RobotDeploymentRow]] = {}
-            for row in store.deploying_for_robots(session, arns):
-                deploying.setdefault(row.robot_arn, []).append(row)
-            job_ids = sorted({row.job_id for rows in deploying.values() for row in rows})
-            jobs = {job.job_id: job for job in store.jobs_by_ids(session, job_ids)}
+        # A few prepared reads per robot (`Database.reader()`), no ORM session: a wave's polls are read
+        # one robot at a time, each read cheaper than a session's set-up.
+        with platform.db.reader() as reader:
             for index, ctx, robot_arn in admitted:
-                robot = robots.get(robot_arn)
+                robot = robot_store.robot_for_agent(reader, robot_arn)
                 if robot is None or robot.account_id != ctx.account_id:
                     answers[index] = AgentDenied(f"robot {robot_arn} does not exist")
                     continue
-                rows = sorted(deploying.get(robot_arn, []), key=lambda r: r.deployment_start_time or 0)
-                deployment = (
-                    _deployment_for_agent(session, robot, rows[-1], jobs.get(rows[-1].job_id))
-                    if rows
-                    else None
-                )
+                rows = store.deploying_on_robot(reader, robot_arn)
+                deployment = None
+                if rows:
+                    row = max(rows, key=lambda r: r.deployment_start_time or 0)
+                    job = store.job_for_agent(reader, row.job_id)
+                    deployment = _deployment_for_agent(reader, robot, row, job)
                 answers[index] = {"robot": robot.arn, "status": robot.status, "deployment": deployment}
                 if robot.agent_seen_at is None or now - robot.agent_seen_at >= AGENT_SEEN_RESOLUTION:
                     stale.append(robot_arn)
     if stale:
         # a short write of its own: the reads above do not hold the (SQLite) writer
         with platform.db.transaction() as session:
-            robot_store.touch_agents(session, sorted(set(stale)), now)
+            store.touch_agents(session, sorted(set(stale)), now)
     return answers  # type: ignore[return-value]
 
 
 def agent_wants_poll(platform: Any, robot_arn: str) -> str | None:
     """A cheap check for long polls: the job id the robot is deploying now, or None."""
-    with platform.db.read() as session:
-        rows = store.deploying_for_robot(session, robot_arn)
+    with platform.db.reader() as reader:
+        rows = store.deploying_on_robot(reader, robot_arn)
         return max(rows, key=lambda r: r.deployment_start_time or 0).job_id if rows else None
 
 
-def _apply_progress(row: store.RobotDeploymentRow, job_arn: str, report: dict[str, Any]) -> None:
+def _apply_progress(row: Any, job_arn: str, report: dict[str, Any]) -> None:
     step = report.get("step")
     if step not in STEPS:
         raise InvalidParameter(f"step: {step!r} is not a RobotDeploymentStep")
@@ -530,11 +525,9 @@ def _apply_progress(row: store.RobotDeploymentRow, job_arn: str, report: dict[st
     row.progress = progress
 
 
-def _apply_outcome(
-    session, robot, row, job: store.DeploymentJobRow, report: dict[str, Any], now: float
-) -> bool:
+def _apply_outcome(session, robot, row, job_arn: str, report: dict[str, Any], now: float) -> bool:
     outcome = report.get("outcome")
-    is_latest = robot.last_deployment_job == job.arn
+    is_latest = robot.last_deployment_job == job_arn
     if outcome == "Succeeded":
         if row.status == DEPLOYING:
             end_robot_deployment(row, "InSync", None, None, now)
@@ -583,18 +576,26 @@ def record_agent_reports(
     ended = False
     if admitted:
         with platform.db.transaction() as session:
-            arns = sorted({robot_arn for _, _, robot_arn, _, _ in admitted})
-            job_ids = sorted({str(report.get("jobId", "")) for _, _, _, report, _ in admitted})
-            robots = {r.arn: r for r in robot_store.robots_by_arns(session, arns, for_update=True)}
-            jobs = {job.job_id: job for job in store.jobs_by_ids(session, job_ids)}
-            rows = {(r.job_id, r.robot_arn): r for r in store.robot_deployments_of(session, job_ids, arns)}
+            # Flat rows read and written by key (no ORM: its loading and flush were most of a report's
+            # CPU). Robots are read in ARN order: one lock order, no deadlocks (PostgreSQL).
+            robots = {
+                arn: store.report_robot(session, arn) for arn in sorted({a for _, _, a, _, _ in admitted})
+            }
+            job_arns: dict[str, str | None] = {}
+            rows: dict[tuple[str, str], store.ReportRow | None] = {}
             for index, ctx, robot_arn, report, seq in admitted:
                 robot = robots.get(robot_arn)
                 if robot is None or robot.account_id != ctx.account_id:
                     answers[index] = AgentDenied(f"robot {robot_arn} does not exist")
                     continue
-                job = jobs.get(str(report.get("jobId", "")))
-                row = rows.get((job.job_id, robot_arn)) if job is not None else None
+                job_id = str(report.get("jobId", ""))
+                if job_id not in job_arns:
+                    job_arns[job_id] = store.report_job_arn(session, job_id)
+                job_arn = job_arns[job_id]
+                key = (job_id, robot_arn)
+                if job_arn is not None and key not in rows:
+                    rows[key] = store.report_row(session, job_id, robot_arn)
+                row = rows.get(key) if job_arn is not None else None
                 if row is None:
                     answers[index] = ResourceNotFound(
                         f"jobId: robot {robot_arn} has no deployment {report.get('jobId')!r}"
@@ -610,10 +611,17 @@ def record_agent_reports(
                 if seq > row.last_report_seq:
                     row.last_report_seq = seq
                     row.last_report_at = now
+                    row.changed = True
+                    was = row.status
                     if row.status == DEPLOYING:
-                        _apply_progress(row, job.arn, report)
-                    ended = _apply_outcome(session, robot, row, job, report, now) or ended
+                        _apply_progress(row, job_arn, report)
+                    ended = _apply_outcome(session, robot, row, job_arn, report, now) or ended
+                    # the failure and finish columns are written only by the report that ends the row
+                    store.save_report_row(session, row, finished_row=row.status != was)
                 answers[index] = {"accepted": True, "continue": row.status == DEPLOYING}
+            for robot in robots.values():
+                if robot is not None:
+                    store.save_report_robot(session, robot)
     if ended:
         platform.notify("deployment_jobs")
     return answers  # type: ignore[return-value]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Float, String, func, select
+from typing import Any
+
+from sqlalchemy import Float, String, bindparam, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -36,3 +39,21 @@ def list_fleets(session: Session, account_id: str, region: str, name: str | None
 
 def fleet_arns_named(session: Session, account_id: str, region: str, name: str) -> list[str]:
     return [fleet.arn for fleet in list_fleets(session, account_id, region, name)]
+
+
+# ListDeploymentJobs / ListRobots by fleetName: compiled once by `Database.reader()`.
+_ARNS_NAMED = (
+    select(FleetRow.arn)
+    .where(
+        FleetRow.account_id == bindparam("account_id"),
+        FleetRow.region == bindparam("region"),
+        FleetRow.name == bindparam("name"),
+    )
+    .order_by(FleetRow.created_at, FleetRow.arn)
+)
+
+
+def arns_named(reader: Connection | Any, account_id: str, region: str, name: str) -> list[str]:
+    """`fleet_arns_named` on a `Database.reader()`."""
+    params = {"account_id": account_id, "region": region, "name": name}
+    return [row[0] for row in reader.execute(_ARNS_NAMED, params)]

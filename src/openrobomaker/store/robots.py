@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Float, String, select, update
+from typing import Any
+
+from sqlalchemy import Float, String, bindparam, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -31,12 +34,6 @@ def robot_by_arn(session: Session, arn: str, *, for_update: bool = False) -> Rob
     if for_update:
         query = query.with_for_update()
     return session.scalars(query).one_or_none()
-
-
-def touch_agents(session: Session, arns: list[str], seen_at: float) -> None:
-    """Record that these robots' agents were heard from (one UPDATE, no row loaded)."""
-    if arns:
-        session.execute(update(RobotRow).where(RobotRow.arn.in_(arns)).values(agent_seen_at=seen_at))
 
 
 def robots_by_arns(session: Session, arns: list[str], *, for_update: bool = False) -> list[RobotRow]:
@@ -80,3 +77,14 @@ def list_robots(
     if fleet_arns is not None:
         query = query.where(RobotRow.fleet_arn.in_(fleet_arns))
     return list(session.scalars(query.order_by(RobotRow.created_at, RobotRow.arn)))
+
+
+# A hot read (every agent poll), compiled once by `Database.reader()`.
+_FOR_AGENT = select(
+    RobotRow.arn, RobotRow.account_id, RobotRow.status, RobotRow.architecture, RobotRow.agent_seen_at
+).where(RobotRow.arn == bindparam("arn"))
+
+
+def robot_for_agent(reader: Connection | Any, arn: str) -> Any | None:
+    """(arn, account_id, status, architecture, agent_seen_at) of a robot, or None."""
+    return reader.execute(_FOR_AGENT, {"arn": arn}).first()

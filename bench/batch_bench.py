@@ -310,6 +310,10 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
             f"CPU per job              {per_job:8.3f} s   (server + runners + job processes; "
             f"xargs {xargs_cpu / args.jobs:.3f} s)"
         )
+        print(
+            f"  of which not server    {per_job - batch['serverCpuSeconds'] / args.jobs:8.3f} s   "
+            "(zygote forks, runners, namespace holders, nsenter, the job's own processes)"
+        )
         floor = batch["cpuSeconds"] / (os.cpu_count() or 1)
         print(f"CPU-bound floor          {floor:8.2f} s   (that CPU spread over {os.cpu_count()} cores)")
     print("where a member's time went (s):")

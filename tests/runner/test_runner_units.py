@@ -251,3 +251,44 @@ def test_api_socket_path_falls_back_to_a_short_dir(tmp_path):
     fallback = long_layout.api_socket_path()
     assert len(str(fallback)) < 100 and fallback.name == "api.sock" and fallback.parent.is_dir()
     fallback.parent.rmdir()
+
+
+def test_marker_search_scoped_to_the_job_namespace_finds_and_kills_orphans(tmp_path):
+    """The scoped search (job's pid namespace + leader) finds what the full /proc scan finds, orphans too."""
+    import uuid
+
+    from openrobomaker.runner.isolation import choose_isolation
+    from openrobomaker.runner.procs import PROC_MARKER_VAR, JobProcess, LogSink, find_marked_processes
+
+    try:
+        isolation = choose_isolation("auto")
+    except Exception as exc:  # noqa: BLE001 - a host without namespaces cannot run this
+        pytest.skip(f"no namespaces here: {exc}")
+    isolation.start(tmp_path)
+    marker = uuid.uuid4().hex
+    try:
+        # The shell leaves a background sleep behind (an orphan, reparented to the namespace's pid 1).
+        process = JobProcess(
+            "t",
+            isolation.wrap(["/bin/sh", "-c", "sleep 30 & echo started; sleep 0.2"], tmp_path),
+            {"PATH": "/usr/bin:/bin"},
+            LogSink(tmp_path / "t.log"),
+            tmp_path,
+            marker,
+            leader_is_wrapper=isolation.isolated,
+            scope=isolation.job_pids,
+        )
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        everywhere = find_marked_processes(PROC_MARKER_VAR, process.marker)
+        assert everywhere, "the orphaned sleep should still carry the marker"
+        if isolation.isolated:
+            assert set(everywhere) <= set(isolation.job_pids())
+        assert sorted(
+            find_marked_processes(PROC_MARKER_VAR, process.marker, process._candidates())
+        ) == sorted(everywhere)
+        process.stop(sigint_timeout=2)
+        assert find_marked_processes(PROC_MARKER_VAR, process.marker) == []
+    finally:
+        isolation.stop()

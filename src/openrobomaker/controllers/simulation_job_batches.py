@@ -51,22 +51,18 @@ class SimulationJobBatchController(Controller):
             self.platform.notify("simulation_jobs")
 
     def _snapshot(self) -> list[BatchState]:
-        with self.platform.db.read() as session:
-            rows = store.active_batches(session)
-            if not rows:
-                return []
-            pending = store.pending_counts(session, [b.batch_id for b in rows])
-            active = store.active_member_counts(session, [b.arn for b in rows])
+        with self.platform.db.reader() as connection:
+            rows = store.active_batch_states(connection)
         return [
             BatchState(
-                batch_id=batch.batch_id,
-                status=batch.status,
-                deadline_at=batch.deadline_at,
-                room=max(0, batch.max_concurrency - active.get(batch.arn, 0)),
-                pending=pending.get(batch.batch_id, 0),
-                active_members=active.get(batch.arn, 0),
+                batch_id=row.batch_id,
+                status=row.status,
+                deadline_at=row.deadline_at,
+                room=max(0, row.max_concurrency - row.active_members),
+                pending=row.pending,
+                active_members=row.active_members,
             )
-            for batch in rows
+            for row in rows
         ]
 
     def _advance(self, state: BatchState, now: float) -> bool:

@@ -67,7 +67,7 @@ class SimulationJobController(Controller):
 
     def reconcile(self) -> None:
         now = time.time()
-        with self.platform.db.read() as session:
+        with self.platform.db.reader() as connection:
             active = [
                 ActiveJob(
                     j.job_id,
@@ -78,7 +78,7 @@ class SimulationJobController(Controller):
                     j.desired,
                     j.work_dir,
                 )
-                for j in store.jobs_needing_attention(session)
+                for j in store.active_job_states(connection)
             ]
         # Admissions first: under load a pass must not make a waiting job wait behind every running one.
         self._admit_waiting(active)

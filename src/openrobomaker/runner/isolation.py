@@ -96,6 +96,10 @@ class Isolation:
     def stop(self) -> None:
         pass
 
+    def job_pids(self) -> list[int] | None:
+        """Where the job's processes can be, for the marker searches; None: anywhere on the host."""
+        return None
+
 
 class NamespaceIsolation(Isolation):
     def __init__(self, user_namespace: bool, holder: ns_holder.ForkedHolder | None = None):
@@ -104,6 +108,7 @@ class NamespaceIsolation(Isolation):
         self.master_port = ROS_MASTER_PORT
         self.holder = holder
         self.namespace_dir: Path | None = None
+        self.pid_namespace: str | None = None  # e.g. "pid:[4026532301]", read while the holder lives
 
     @property
     def isolated(self) -> bool:
@@ -122,7 +127,28 @@ class NamespaceIsolation(Isolation):
                 raise JobFailure(
                     INTERNAL_SERVICE_ERROR, f"could not create the job's namespaces ({self.mode}): {exc}"
                 ) from exc
+        try:
+            self.pid_namespace = os.readlink(f"/proc/{self.holder_pid}/ns/pid")
+        except OSError:
+            self.pid_namespace = None  # the marker searches then read every process
         log.info("namespaces ready (%s): holder pid %s", self.mode, self.holder_pid)
+
+    def job_pids(self) -> list[int] | None:
+        """Every process in the job's pid namespace. Each job process is started by nsenter into it and
+        cannot leave it (orphans go to its pid 1); the nsenter leaders themselves, in the host's namespace,
+        are added by their JobProcess. Checking a namespace link is one readlink per process, where the
+        marker check reads the whole environment of every process on the host."""
+        if self.pid_namespace is None:
+            return None
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/pid") == self.pid_namespace:
+                        pids.append(int(entry))
+                except OSError:  # gone, or not ours to read (another user's process: not the job's)
+                    continue
+        return pids
 
     def wrap(self, argv: Sequence[str], cwd: Path) -> list[str]:
         assert self.holder_pid is not None, "namespaces not started"

@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,6 +412,8 @@ class JobRun:
             cwd,
             f"{self.run_marker}-{name}",
             leader_is_wrapper=self.isolation.isolated,
+            scope=self.isolation.job_pids,
+            die_with_runner=not self.isolation.isolated,
         )
 
     def _start_master(self) -> None:
@@ -496,6 +499,8 @@ class JobRun:
             f"{self.run_marker}-{app.slug}",
             leader_is_wrapper=self.isolation.isolated,
             on_exit=lambda: self.events.put("exited"),
+            scope=self.isolation.job_pids,
+            die_with_runner=not self.isolation.isolated,
         )
 
     def _start_all_apps(self) -> None:
@@ -621,6 +626,7 @@ class JobRun:
         infra = self.infra
         if infra.api_forwarder is not None:
             infra.api_forwarder.close()
+        scope = self._leftover_scope()
         if self.isolation is not None:
             try:
                 self.isolation.stop()  # pid 1 of the job is killed: the kernel kills what is left in it
@@ -629,9 +635,26 @@ class JobRun:
         for process in (infra.service_node, infra.rosout, infra.master):
             if process is not None:
                 process.kill_now()  # without isolation these are still running; isolated, just reaped
-        kill_marked_processes(RUN_MARKER_VAR, self.run_marker)
+        kill_marked_processes(RUN_MARKER_VAR, self.run_marker, scope=scope)
         for sink in infra.sinks:
             sink.close()
+
+    def _leftover_scope(self) -> Callable[[], list[int] | None] | None:
+        """Where the run's processes can still be once its namespace is gone: in that namespace (empty, as
+        the kernel kills it with its pid 1) or among the leaders the runner started. Read before the holder
+        is stopped. Without isolation: anywhere."""
+        if not isinstance(self.isolation, NamespaceIsolation) or self.isolation.pid_namespace is None:
+            return None
+        leaders = [p.pid for p in (self.infra.master, self.infra.rosout, self.infra.service_node) if p]
+        leaders += [p.pid for p in (self.infra.bag_recorder,) if p]
+        leaders += [app.process.pid for app in self.apps if app.process is not None]
+        isolation = self.isolation
+
+        def scope() -> list[int] | None:
+            pids = isolation.job_pids()
+            return None if pids is None else leaders + pids
+
+        return scope
 
     def _upload_outputs(self, result: RunResult) -> RunResult:
         location = self.spec.output_location

@@ -74,9 +74,13 @@ class JobProcess:
         marker: str,
         leader_is_wrapper: bool = False,
         on_exit: Callable[[], None] | None = None,
+        scope: Callable[[], Iterable[int] | None] | None = None,
+        die_with_runner: bool = True,
     ):
         self.name = name
         self.marker = marker
+        # Where this start's processes can be (see NamespaceIsolation.job_pids); None means anywhere.
+        self.scope = scope
         # nsenter leads the group when the job is isolated; it does not forward signals and dies on SIGINT
         # at once, which would orphan the real program to the host's init. So it is never signalled itself:
         # it exits with its child's status once the child is gone.
@@ -85,8 +89,10 @@ class JobProcess:
         self._stopped = False
         env = dict(env)
         env[PROC_MARKER_VAR] = marker
+        # die_with_runner=False when something else already guarantees it (an isolated job's processes
+        # die with its pid namespace, whose pid 1 dies with the runner): setpriv's exec costs ~1.5 ms.
         self.popen = subprocess.Popen(
-            pdeathsig_prefix() + list(argv),
+            (pdeathsig_prefix() if die_with_runner else []) + list(argv),
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -144,14 +150,14 @@ class JobProcess:
         if not self.leader_is_wrapper:
             self.signal_group(signal.SIGINT)
             return
-        for pid in process_group_members(self.popen.pid):
+        for pid in process_group_members(self.popen.pid, self._candidates()):
             if pid != self.popen.pid:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGINT)
 
     def signal_all(self, sig: int) -> None:
         """Signal every process of this start, nodes in their own sessions included (not the nsenter leader)."""
-        for pid in find_marked_processes(PROC_MARKER_VAR, self.marker):
+        for pid in find_marked_processes(PROC_MARKER_VAR, self.marker, self._candidates()):
             if pid == self.popen.pid and self.leader_is_wrapper:
                 continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -161,7 +167,14 @@ class JobProcess:
 
     def _gone(self) -> bool:
         """The leader exited and no process carrying this start's marker is left (nodes included)."""
-        return self.poll() is not None and not find_marked_processes(PROC_MARKER_VAR, self.marker)
+        return self.poll() is not None and not find_marked_processes(
+            PROC_MARKER_VAR, self.marker, self._candidates()
+        )
+
+    def _candidates(self) -> list[int] | None:
+        """The pids worth reading: the job's scope plus this start's own leader; None means every pid."""
+        pids = self.scope() if self.scope is not None else None
+        return None if pids is None else [self.popen.pid, *pids]
 
     def wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -192,7 +205,7 @@ class JobProcess:
                     self.signal_all(signal.SIGKILL)
                     self.wait_gone(2.0)
         self.signal_group(signal.SIGKILL)
-        kill_marked_processes(PROC_MARKER_VAR, self.marker)
+        kill_marked_processes(PROC_MARKER_VAR, self.marker, scope=self._candidates)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5.0)
         self._pump.join(timeout=2.0)
@@ -210,9 +223,9 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def process_group_members(pgid: int) -> list[int]:
+def process_group_members(pgid: int, candidates: Iterable[int] | None = None) -> list[int]:
     members = []
-    for pid in _all_pids():
+    for pid in _all_pids() if candidates is None else candidates:
         fields = _stat_fields(pid)
         if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(pid)
@@ -233,18 +246,25 @@ def _all_pids() -> Iterable[int]:
             yield int(entry)
 
 
-def find_marked_processes(var: str, value: str) -> list[int]:
+def find_marked_processes(var: str, value: str, candidates: Iterable[int] | None = None) -> list[int]:
+    """Processes whose environment carries var=value, among `candidates` (default: every process)."""
     needle = f"{var}={value}".encode()
     own = os.getpid()
-    return [pid for pid in _all_pids() if pid != own and _environ_has(pid, needle)]
+    pids = _all_pids() if candidates is None else dict.fromkeys(candidates)
+    return [pid for pid in pids if pid != own and _environ_has(pid, needle)]
 
 
-def kill_marked_processes(var: str, value: str, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every process whose environment carries var=value, and wait until they are gone."""
+def kill_marked_processes(
+    var: str, value: str, timeout: float = 5.0, scope: Callable[[], Iterable[int] | None] | None = None
+) -> list[int]:
+    """SIGKILL every process whose environment carries var=value, and wait until they are gone.
+
+    `scope` narrows the search to where such processes can be (read again on every round); reading
+    every process's environment is most of what stopping a short job costs the runner."""
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while True:
-        pids = find_marked_processes(var, value)
+        pids = find_marked_processes(var, value, scope() if scope is not None else None)
         if not pids or time.monotonic() > deadline:
             if pids:
                 log.error("processes %s survived SIGKILL", pids)

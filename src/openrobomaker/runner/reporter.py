@@ -12,17 +12,18 @@ written to `workDir/final.json` and retried until acknowledged, for at most ten 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import ssl
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from openrobomaker.runner.failures import truncate_reason
 
@@ -63,19 +64,16 @@ class Reporter:
         final_deadline_seconds: float = FINAL_REPORT_DEADLINE_SECONDS,
     ):
         self.endpoint = f"{url.rstrip('/')}/_runner/v1/jobs/{job_id}/report"
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.run_id = run_id
         self.on_action = on_action
         self.simulation_time_millis = simulation_time_millis
         self.final_report_path = final_report_path
         self.final_deadline_seconds = final_deadline_seconds
         self.state = RunState()
-        self._client = httpx.Client(
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=REQUEST_TIMEOUT_SECONDS,
-            trust_env=False,
-            # A plain-http control plane needs no TLS context: building one costs ~0.1 CPU-s per runner.
-            verify=self.endpoint.startswith("https:"),
-        )
+        # One kept-alive stdlib connection, used by the reporter thread only: a handful of small POSTs per
+        # run cost an httpx client several times the CPU (client set-up, per-request layers, idna import).
+        self._connection = _Connection(self.endpoint)
         self._lock = threading.Condition()
         self._pending: deque[dict] = deque()
         self._seq = 0
@@ -128,7 +126,7 @@ class Reporter:
             self._stopped = True
             self._lock.notify_all()
         self._thread.join(timeout=5)
-        self._client.close()
+        self._connection.close()
 
     # --- reporter thread ------------------------------------------------------------------------
 
@@ -199,15 +197,15 @@ class Reporter:
     def _post(self, report: dict) -> str | None:
         """The action the control plane answered with, or None when the report was not accepted."""
         try:
-            response = self._client.post(self.endpoint, json=report)
-        except httpx.HTTPError as exc:
+            status, body = self._connection.post(json.dumps(report).encode(), self._headers)
+        except (OSError, http.client.HTTPException) as exc:
             log.debug("report seq=%s not delivered: %s", report["seq"], exc)
             return None
-        if response.status_code // 100 != 2:
-            log.warning("control plane rejected report seq=%s: HTTP %s", report["seq"], response.status_code)
+        if status // 100 != 2:
+            log.warning("control plane rejected report seq=%s: HTTP %s", report["seq"], status)
             return None
         try:
-            action = str((response.json() or {}).get("action") or "none")
+            action = str((json.loads(body) or {}).get("action") or "none")
         except (ValueError, AttributeError):
             action = "none"
         if action not in KNOWN_ACTIONS:
@@ -220,3 +218,51 @@ class Reporter:
             self.on_action(action)
         except Exception:
             log.exception("handling action %r failed", action)
+
+
+class _Connection:
+    """POSTs to one URL over a kept-alive connection, reconnecting when needed (no proxies, as before)."""
+
+    def __init__(self, url: str):
+        parts = urllib.parse.urlsplit(url)
+        self.path = parts.path or "/"
+        if parts.scheme == "https":
+            # Verified TLS as the control plane's certificate demands; plain http builds no TLS context.
+            self._make = lambda: http.client.HTTPSConnection(
+                parts.hostname or "",
+                parts.port,
+                timeout=REQUEST_TIMEOUT_SECONDS,
+                context=ssl.create_default_context(),
+            )
+        else:
+            self._make = lambda: http.client.HTTPConnection(
+                parts.hostname or "", parts.port, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """(status, body). A kept-alive connection the server closed meanwhile is retried once at once on a
+        new one; any other failure raises (OSError, HTTPException) and the reporter backs off."""
+        reused = self._conn is not None
+        try:
+            return self._post_once(body, headers)
+        except (OSError, http.client.HTTPException):
+            self.close()
+            if not reused:
+                raise
+        return self._post_once(body, headers)
+
+    def _post_once(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self._conn is None:
+            self._conn = self._make()
+        self._conn.request("POST", self.path, body, headers)
+        response = self._conn.getresponse()
+        data = response.read()
+        if response.will_close:
+            self.close()
+        return response.status, data
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

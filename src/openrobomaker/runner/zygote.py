@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -56,13 +57,14 @@ def set_command_line(argv: list[str]) -> bool:
 
 def _preload() -> None:
     """Import everything a runner needs, once, here; forks inherit it."""
-    import httpx
+    # Imported on first use (host names are idna-encoded; open_store imports the store's module): without
+    # these every runner imported, and compiled, them again.
+    import encodings.idna  # noqa: F401
+    import http.client  # noqa: F401
 
+    import openrobomaker.objectstore.local  # noqa: F401
     import openrobomaker.runner.__main__  # noqa: F401
     import openrobomaker.runner.job  # noqa: F401
-
-    # httpx imports its transport (httpcore, ~60 ms) when the first client is made: make one here.
-    httpx.Client(verify=False, trust_env=False).close()
 
     with contextlib.suppress(ImportError):
         import openrobomaker.objectstore.s3  # noqa: F401
@@ -89,9 +91,11 @@ def _become_runner(request: dict) -> None:
         if nice > 0:
             os.nice(nice)
         set_command_line([sys.executable, "-m", "openrobomaker.runner", "--spec", request["spec"]])
-        from openrobomaker.runner.__main__ import main
+        from pathlib import Path
 
-        code = main(["--spec", request["spec"]])
+        from openrobomaker.runner.__main__ import run_spec
+
+        code = run_spec(Path(request["spec"]))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - report whatever killed the run on runner.out
@@ -148,6 +152,9 @@ def main() -> int:
         return 1  # the server died before the death signal was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of a foreground server reaches the server only
     _preload()
+    # Everything imported so far lives as long as the runners: keep it out of their garbage collections,
+    # whose passes would otherwise write to (and so copy) every inherited page.
+    gc.freeze()
     print("ready", flush=True)
     return serve(sys.stdin, sys.stdout)
 

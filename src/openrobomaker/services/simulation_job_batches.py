@@ -124,7 +124,7 @@ def check_request(platform: Any, ctx: RequestContext, request: dict[str, Any]) -
 # --- views -----------------------------------------------------------------------------------------------
 
 
-def _failed_view(row: store.BatchRequestRow) -> dict[str, Any]:
+def _failed_view(row: Any) -> dict[str, Any]:
     return {
         "request": row.request,
         "failureReason": row.failure_reason,
@@ -134,9 +134,10 @@ def _failed_view(row: store.BatchRequestRow) -> dict[str, Any]:
 
 
 def batch_view(session, batch: store.SimulationJobBatchRow) -> dict[str, Any]:
-    requests = store.requests_of(session, batch.batch_id)
-    members = {job.arn: job for job in store.member_jobs(session, batch.arn)}
-    created = [members[r.job_arn] for r in requests if r.state == CREATED and r.job_arn in members]
+    # Flat rows of just the shown columns: Describe is polled, and a batch has up to 1000 requests.
+    requests = store.echoed_requests(session, batch.batch_id)
+    members = {job.arn: job for job in store.member_summaries(session, batch.arn)}
+    created = [members[arn] for arn in store.created_job_arns(session, batch.batch_id) if arn in members]
     return {
         "arn": batch.arn,
         "status": batch.status,

@@ -7,11 +7,12 @@ its member job happen in one transaction, so a restart neither loses nor duplica
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, Integer, String, Text, func, select
+from sqlalchemy import JSON, Float, Integer, String, Text, func, select, text
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, SimulationJobRow
+from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, SimulationJobRow, sql_in_list
 
 ACTIVE_BATCH_STATUSES = ("Pending", "InProgress", "Completing", "Canceling", "TimingOut")
 TERMINAL_BATCH_STATUSES = ("Completed", "Failed", "Canceled", "TimedOut")
@@ -102,33 +103,43 @@ def count_active_batches(session: Session, account_id: str, region: str) -> int:
     )
 
 
-def active_batches(session: Session) -> list[SimulationJobBatchRow]:
-    """Every batch the controller still drives, oldest first."""
-    return list(
-        session.scalars(
-            select(SimulationJobBatchRow)
-            .where(SimulationJobBatchRow.status.in_(ACTIVE_BATCH_STATUSES))
-            .order_by(SimulationJobBatchRow.created_at, SimulationJobBatchRow.batch_id)
-        )
+# The batch controller's per-pass snapshot in one statement: each active batch with its pending requests
+# and its active members counted (three ORM queries before). Built once, so `Database.reader()` prepares it.
+_PENDING_COUNT = (
+    select(func.count())
+    .select_from(BatchRequestRow)
+    .where(BatchRequestRow.batch_id == SimulationJobBatchRow.batch_id, BatchRequestRow.state == PENDING)
+    .correlate(SimulationJobBatchRow)
+    .scalar_subquery()
+)
+_ACTIVE_MEMBER_COUNT = (
+    select(func.count())
+    .select_from(SimulationJobRow)
+    .where(
+        SimulationJobRow.batch_arn == SimulationJobBatchRow.arn,
+        text(sql_in_list("simulation_jobs.status", ACTIVE_STATUSES)),
     )
-
-
-def pending_counts(session: Session, batch_ids: list[str]) -> dict[str, int]:
-    rows = session.execute(
-        select(BatchRequestRow.batch_id, func.count())
-        .where(BatchRequestRow.batch_id.in_(batch_ids), BatchRequestRow.state == PENDING)
-        .group_by(BatchRequestRow.batch_id)
+    .correlate(SimulationJobBatchRow)
+    .scalar_subquery()
+)
+_BATCH_SNAPSHOT = (
+    select(
+        SimulationJobBatchRow.batch_id,
+        SimulationJobBatchRow.arn,
+        SimulationJobBatchRow.status,
+        SimulationJobBatchRow.deadline_at,
+        SimulationJobBatchRow.max_concurrency,
+        _PENDING_COUNT.label("pending"),
+        _ACTIVE_MEMBER_COUNT.label("active_members"),
     )
-    return dict(rows.all())
+    .where(text(sql_in_list("simulation_job_batches.status", ACTIVE_BATCH_STATUSES)))
+    .order_by(SimulationJobBatchRow.created_at, SimulationJobBatchRow.batch_id)
+)
 
 
-def active_member_counts(session: Session, batch_arns: list[str]) -> dict[str, int]:
-    rows = session.execute(
-        select(SimulationJobRow.batch_arn, func.count())
-        .where(SimulationJobRow.batch_arn.in_(batch_arns), SimulationJobRow.status.in_(ACTIVE_STATUSES))
-        .group_by(SimulationJobRow.batch_arn)
-    )
-    return dict(rows.all())
+def active_batch_states(connection: Session | Connection) -> list[Row]:
+    """Every batch the controller still drives, oldest first, with its pending and active-member counts."""
+    return list(connection.execute(_BATCH_SNAPSHOT).all())
 
 
 def list_batches(
@@ -216,16 +227,6 @@ def request_counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str
 # --- member jobs -----------------------------------------------------------------------------------------
 
 
-def member_jobs(session: Session, batch_arn: str) -> list[SimulationJobRow]:
-    return list(
-        session.scalars(
-            select(SimulationJobRow)
-            .where(SimulationJobRow.batch_arn == batch_arn)
-            .order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)
-        )
-    )
-
-
 def active_members(session: Session, batch_arn: str, *, for_update: bool = False) -> list[SimulationJobRow]:
     query = select(SimulationJobRow).where(
         SimulationJobRow.batch_arn == batch_arn, SimulationJobRow.status.in_(ACTIVE_STATUSES)
@@ -233,6 +234,44 @@ def active_members(session: Session, batch_arn: str, *, for_update: bool = False
     if for_update:
         query = query.with_for_update()
     return list(session.scalars(query.order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)))
+
+
+def created_job_arns(session: Session, batch_id: str) -> list[str]:
+    """The member job of every created request, in request order (their requests are not echoed)."""
+    query = (
+        select(BatchRequestRow.job_arn)
+        .where(BatchRequestRow.batch_id == batch_id, BatchRequestRow.state == CREATED)
+        .order_by(BatchRequestRow.position)
+    )
+    return [arn for arn in session.scalars(query) if arn is not None]
+
+
+def echoed_requests(session: Session, batch_id: str) -> list[Row]:
+    """Pending and failed requests, in request order, as flat rows: what Describe echoes of the requests."""
+    query = (
+        select(
+            BatchRequestRow.state,
+            BatchRequestRow.request,
+            BatchRequestRow.failure_code,
+            BatchRequestRow.failure_reason,
+            BatchRequestRow.failed_at,
+        )
+        .where(BatchRequestRow.batch_id == batch_id, BatchRequestRow.state.in_((PENDING, FAILED)))
+        .order_by(BatchRequestRow.position)
+    )
+    return list(session.execute(query).all())
+
+
+def member_summaries(session: Session, batch_arn: str) -> list[Row]:
+    """The columns a job summary shows, of every member, as flat rows: Describe of a 200-member batch
+    loaded 200 ORM rows on every poll."""
+    query = select(
+        SimulationJobRow.arn,
+        SimulationJobRow.last_updated_at,
+        SimulationJobRow.status,
+        SimulationJobRow.definition,
+    ).where(SimulationJobRow.batch_arn == batch_arn)
+    return list(session.execute(query).all())
 
 
 def count_active_members(session: Session, batch_arn: str) -> int:

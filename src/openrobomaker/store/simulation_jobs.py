@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, Integer, String, Text, func, select
+from sqlalchemy import JSON, Float, Integer, String, Text, func, select, text
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
@@ -101,12 +102,32 @@ def list_jobs(
     return list(session.scalars(query.offset(offset).limit(limit)))
 
 
-def jobs_needing_attention(session: Session) -> list[SimulationJobRow]:
-    """Every active job: the controller compares each with what its runner reports."""
-    return list(
-        session.scalars(
-            select(SimulationJobRow)
-            .where(SimulationJobRow.status.in_(ACTIVE_STATUSES))
-            .order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)
-        )
+def sql_in_list(column: str, values: tuple[str, ...]) -> str:
+    """`column IN ('a', 'b')` as literal SQL: the values are this module's constants, never user input.
+    An IN with bound values compiles to an expanding parameter, which `Database.reader()` cannot prepare."""
+    assert all(value.isalpha() for value in values)
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+# The controller's per-pass snapshot: only the columns it decides on, as flat rows. It runs on every pass
+# (every runner's end, every member created, twice a second); ORM rows with their JSON definitions cost
+# far more than the decision made from them. Built once, so `Database.reader()` prepares it once.
+_ACTIVE_SNAPSHOT = (
+    select(
+        SimulationJobRow.job_id,
+        SimulationJobRow.status,
+        SimulationJobRow.runner_handle,
+        SimulationJobRow.simulation_units,
+        SimulationJobRow.last_report_at,
+        SimulationJobRow.runner_started_at,
+        SimulationJobRow.desired,
+        SimulationJobRow.work_dir,
     )
+    .where(text(sql_in_list("simulation_jobs.status", ACTIVE_STATUSES)))
+    .order_by(SimulationJobRow.created_at, SimulationJobRow.job_id)
+)
+
+
+def active_job_states(connection: Session | Connection) -> list[Row]:
+    """What the controller needs of every active job (oldest first)."""
+    return list(connection.execute(_ACTIVE_SNAPSHOT).all())

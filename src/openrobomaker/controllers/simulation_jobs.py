@@ -195,10 +195,7 @@ class SimulationJobController(Controller):
 
     @staticmethod
     def _record_handle(session, job_id: str, handle: str, started_at: float) -> None:
-        job = store.get_job(session, job_id, for_update=True)
-        if job is not None and job.runner_handle == STARTING:
-            job.runner_handle = handle
-            job.runner_started_at = started_at
+        store.record_runner_handle(session, job_id, STARTING, handle, started_at)
 
     def _recover_start(self, job_id: str) -> None:
         """The control plane stopped between recording a start and recording its runner: finish the start."""

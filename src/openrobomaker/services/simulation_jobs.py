@@ -362,7 +362,11 @@ def token_hash(token: str) -> str:
 
 
 def finish_job(
-    job: store.SimulationJobRow, status: str, code: str | None, reason: str | None, now: float
+    job: store.SimulationJobRow | store.ReportJob,
+    status: str,
+    code: str | None,
+    reason: str | None,
+    now: float,
 ) -> None:
     job.status = status
     job.failure_code = code
@@ -372,7 +376,7 @@ def finish_job(
     job.runner_handle = None
 
 
-def _apply_report(job: store.SimulationJobRow, report: dict[str, Any], now: float) -> None:
+def _apply_report(job: store.SimulationJobRow | store.ReportJob, report: dict[str, Any], now: float) -> None:
     phase = report.get("phase")
     if report.get("simulationTimeMillis") is not None:
         job.simulation_time_millis = int(report["simulationTimeMillis"])
@@ -406,7 +410,7 @@ def _apply_report(job: store.SimulationJobRow, report: dict[str, Any], now: floa
         job.failure_reason = (report.get("failureReason") or "")[:1024] or None
 
 
-def _action_for(job: store.SimulationJobRow) -> str:
+def _action_for(job: store.SimulationJobRow | store.ReportJob) -> str:
     if job.desired == "cancel" or job.status in TERMINAL_STATUSES:
         return "cancel"
     if job.restart_generation > job.restart_acknowledged:
@@ -419,7 +423,8 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
     """Apply one runner report; the answer tells the runner what the user wants next."""
     now = time.time()
     with platform.db.transaction() as session:
-        job = store.get_job(session, job_id, for_update=True)
+        # The report's columns only (not the ORM row with its JSON definition): see store.report_job.
+        job = store.report_job(session, job_id)
         if (
             job is None
             or not job.runner_token_hash
@@ -439,6 +444,7 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
         else:
             finished = False
         action = "none" if finished else _action_for(job)
+        store.save_report_job(session, job)
     if finished:
         platform.notify("simulation_jobs")
         platform.notify("simulation_batches")

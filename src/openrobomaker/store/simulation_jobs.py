@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, Integer, String, Text, func, select, text
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, Text, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
+from openrobomaker.store.db import execute_in_transaction
 
 ACTIVE_STATUSES = ("Pending", "Preparing", "Running", "Restarting", "RunningFailed", "Terminating")
 TERMINAL_STATUSES = ("Completed", "Failed", "Terminated", "Canceled")
@@ -131,3 +134,83 @@ _ACTIVE_SNAPSHOT = (
 def active_job_states(connection: Session | Connection) -> list[Row]:
     """What the controller needs of every active job (oldest first)."""
     return list(connection.execute(_ACTIVE_SNAPSHOT).all())
+
+
+# --- runner reports: one read and at most one write inside the report transaction, without the ORM -------
+# Every job sends ~4 reports (Preparing, Running, Terminating, Finished). Through the ORM each loaded the
+# whole row (its JSON definition included), kept it in the identity map and flushed it; these statements
+# are compiled once and, on SQLite, run on the transaction's own sqlite3 connection.
+
+# The columns a report reads; the ones after `_REPORT_KEYS` are the ones it may change.
+_REPORT_KEYS = ("arn", "runner_token_hash", "run_id", "desired", "cancel_code", "restart_generation")
+_REPORT_CHANGING = (
+    "status",
+    "failure_code",
+    "failure_reason",
+    "last_started_at",
+    "last_updated_at",
+    "simulation_time_millis",
+    "restart_acknowledged",
+    "runner_handle",
+    "last_report_at",
+    "last_report_seq",
+)
+_REPORT_READ = (
+    select(*(getattr(SimulationJobRow, name) for name in _REPORT_KEYS + _REPORT_CHANGING))
+    .where(SimulationJobRow.job_id == bindparam("job_id"))
+    .with_for_update()  # PostgreSQL: the job stays locked until the report commits (SQLite: no-op)
+)
+_REPORT_SAVE = (
+    update(SimulationJobRow)
+    .where(SimulationJobRow.job_id == bindparam("key_job_id"))
+    .values({name: bindparam(name) for name in _REPORT_CHANGING})
+)
+
+
+class ReportJob:
+    """The columns of a job a runner report reads and may change, with the same attribute names as
+    SimulationJobRow, so the report rules (`_apply_report`, `finish_job`) apply to either."""
+
+    def __init__(self, job_id: str, row: Any):
+        self.job_id = job_id
+        for name, value in zip(_REPORT_KEYS + _REPORT_CHANGING, row, strict=True):
+            setattr(self, name, value)
+        self._saved = self._changing()
+
+    def _changing(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _REPORT_CHANGING)
+
+
+def report_job(session: Session, job_id: str) -> ReportJob | None:
+    rows = execute_in_transaction(session, _REPORT_READ, {"job_id": job_id})
+    return ReportJob(job_id, rows[0]) if rows else None
+
+
+def save_report_job(session: Session, job: ReportJob) -> None:
+    """Write the report's changes (one UPDATE by primary key), if it changed anything."""
+    values = job._changing()
+    if values == job._saved:
+        return
+    params = dict(zip(_REPORT_CHANGING, values, strict=True))
+    execute_in_transaction(session, _REPORT_SAVE, params | {"key_job_id": job.job_id})
+    job._saved = values
+
+
+# The runner's handle replaces the `starting` mark once its process exists: a conditional UPDATE by key
+# (a job whose start was undone meanwhile keeps its state) instead of loading the ORM row to change two columns.
+_RECORD_HANDLE = (
+    update(SimulationJobRow)
+    .where(
+        SimulationJobRow.job_id == bindparam("key_job_id"),
+        SimulationJobRow.runner_handle == bindparam("expected_handle"),
+    )
+    .values(runner_handle=bindparam("handle"), runner_started_at=bindparam("started_at"))
+)
+
+
+def record_runner_handle(
+    session: Session, job_id: str, expected: str, handle: str, started_at: float
+) -> None:
+    """Set the runner's handle and start time if the job's handle is still `expected`."""
+    params = {"key_job_id": job_id, "expected_handle": expected, "handle": handle, "started_at": started_at}
+    execute_in_transaction(session, _RECORD_HANDLE, params)

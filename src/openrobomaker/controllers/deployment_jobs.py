@@ -7,7 +7,8 @@ rollout up where it was; every step is a conditional update of those rows, so no
 It is woken by every robot that ends its deployment (so the next wave starts at once, not on the next
 interval) and wakes the agents of the robots it starts. A pass that has nothing to change only reads, with
 prepared statements and no session (`Database.reader()`): the active jobs, a count of each one's robots by
-status, and robot deadlines at most once a second. A wave start loads only that wave's rows.
+status, and robot deadlines at most once a second. A wave start is two conditional UPDATEs (its robot
+deployments and their robots), no ORM rows; preparing a job reads flat (name, architecture) pairs.
 """
 
 from __future__ import annotations
@@ -146,11 +147,11 @@ class DeploymentJobController(Controller):
     @staticmethod
     def _prepare(session, job: store.DeploymentJobRow) -> None:
         """Pending -> Preparing, or Failed when the application has no bundle for some robot."""
-        rows = store.robot_deployments(session, job.job_id)
         architectures = {s["architecture"] for s in job.definition["_app"]["sources"]}
-        robots = robot_store.robots_by_arns(session, [r.robot_arn for r in rows])
         missing = sorted(
-            f"{r.name} ({r.architecture})" for r in robots if r.architecture not in architectures
+            f"{name} ({arch})"
+            for name, arch in store.robot_architectures(session, job.job_id)
+            if arch not in architectures
         )
         if missing:
             rules.finish_job(
@@ -192,27 +193,20 @@ class DeploymentJobController(Controller):
             # Every robot ended within the failure threshold: the rollout is complete.
             rules.finish_job(session, job, "Succeeded", None, None)
             return []
-        return self._start_wave(session, job, store.next_wave(session, job.job_id))
+        wave, arns = store.next_wave_arns(session, job.job_id)
+        return self._start_wave(session, job, wave, arns) if arns else []
 
     @staticmethod
-    def _start_wave(session, job: store.DeploymentJobRow, rows: list[store.RobotDeploymentRow]) -> list[str]:
+    def _start_wave(session, job: store.DeploymentJobRow, wave: int, arns: list[str]) -> list[str]:
         now = time.time()
-        arns = [row.robot_arn for row in rows]
         # A robot still busy with an older job's deployment is moved on to this one.
         for older in store.deploying_for_robots(session, arns):
             rules.end_robot_deployment(older, "Failed", rules.ABORTED, f"superseded by {job.arn}", now)
-        robots = {robot.arn: robot for robot in robot_store.robots_by_arns(session, arns)}
-        for row in rows:
-            row.status = DEPLOYING
-            row.deployment_start_time = now
-            row.progress = {}
-            robot = robots.get(row.robot_arn)
-            if robot is not None:
-                robot.status = DEPLOYING
+        store.start_wave(session, job.job_id, wave, arns, now)
         if job.status != "InProgress":
             job.status = "InProgress"
         job.updated_at = now
-        log.info("%s: wave %d started with %d robot(s)", job.job_id, rows[0].wave, len(rows))
+        log.info("%s: wave %d started with %d robot(s)", job.job_id, wave, len(arns))
         return arns
 
 

@@ -120,12 +120,53 @@ def robot_deployments(session: Session, job_id: str) -> list[RobotDeploymentRow]
     return list(session.scalars(query.order_by(RobotDeploymentRow.wave, RobotDeploymentRow.robot_arn)))
 
 
-def next_wave(session: Session, job_id: str) -> list[RobotDeploymentRow]:
-    """The waiting robot deployments of the job's lowest wave that has any."""
+def robot_architectures(session: Session, job_id: str) -> list[tuple[str, str]]:
+    """(name, architecture) of each robot the job deploys to: flat columns, no ORM objects, so that
+    preparing a job of hundreds of robots neither builds nor later flush-checks hundreds of rows."""
+    query = (
+        select(RobotRow.name, RobotRow.architecture)
+        .join(RobotDeploymentRow, RobotDeploymentRow.robot_arn == RobotRow.arn)
+        .where(RobotDeploymentRow.job_id == job_id)
+    )
+    return [(row[0], row[1]) for row in session.execute(query)]
+
+
+def next_wave_arns(session: Session, job_id: str) -> tuple[int | None, list[str]]:
+    """The lowest wave of the job that has waiting robots, and those robots' ARNs (flat, no ORM)."""
     waiting = (RobotDeploymentRow.job_id == job_id, RobotDeploymentRow.status == WAITING)
-    lowest = select(func.min(RobotDeploymentRow.wave)).where(*waiting).scalar_subquery()
-    query = select(RobotDeploymentRow).where(*waiting, RobotDeploymentRow.wave == lowest)
-    return list(session.scalars(query.order_by(RobotDeploymentRow.robot_arn)))
+    wave = session.scalar(select(func.min(RobotDeploymentRow.wave)).where(*waiting))
+    if wave is None:
+        return None, []
+    query = select(RobotDeploymentRow.robot_arn).where(*waiting, RobotDeploymentRow.wave == wave)
+    return wave, list(session.scalars(query.order_by(RobotDeploymentRow.robot_arn)))
+
+
+def start_wave(session: Session, job_id: str, wave: int, robot_arns: list[str], now: float) -> None:
+    """Waiting -> Deploying for the wave's robot deployments and their robots, as two UPDATEs (not one
+    ORM object per robot to load and flush). Conditional on Waiting, as `next_wave_arns` read them in the
+    same transaction (the job row is locked): nothing starts twice."""
+    session.execute(
+        update(RobotDeploymentRow)
+        .where(
+            RobotDeploymentRow.job_id == job_id,
+            RobotDeploymentRow.wave == wave,
+            RobotDeploymentRow.status == WAITING,
+        )
+        .values(status=DEPLOYING, deployment_start_time=now, progress={})
+        .execution_options(synchronize_session=False)
+    )
+    if robot_arns:
+        # locked in ARN order first (PostgreSQL; SQLite ignores it), the order reports lock robots in:
+        # an UPDATE ... IN locks in scan order, which could deadlock with a report batch
+        session.execute(
+            select(RobotRow.arn).where(RobotRow.arn.in_(robot_arns)).order_by(RobotRow.arn).with_for_update()
+        ).all()
+        session.execute(
+            update(RobotRow)
+            .where(RobotRow.arn.in_(robot_arns))
+            .values(status=DEPLOYING)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def robot_deployment(session: Session, job_id: str, robot_arn: str) -> RobotDeploymentRow | None:

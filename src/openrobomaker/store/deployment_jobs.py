@@ -339,37 +339,36 @@ _SAVE_ROBOT = (
     .where(RobotRow.arn == bindparam("key_arn"))
     .values(status=bindparam("status"), agent_seen_at=bindparam("agent_seen_at"))
 )
-_SAVE_ROW = (
-    update(RobotDeploymentRow)
-    .where(
-        RobotDeploymentRow.job_id == bindparam("key_job_id"),
-        RobotDeploymentRow.robot_arn == bindparam("key_robot_arn"),
+
+
+def _save_row_statement(*, finished: bool):
+    """The UPDATE of a robot deployment a report changed; the failure and finish columns only when it ended."""
+    values = {
+        "status": bindparam("status"),
+        "last_report_seq": bindparam("last_report_seq"),
+        "last_report_at": bindparam("last_report_at"),
+        "progress": bindparam("progress", type_=JSON),
+    }
+    if finished:
+        values |= {
+            "failure_code": bindparam("failure_code"),
+            "failure_reason": bindparam("failure_reason"),
+            "deployment_finish_time": bindparam("deployment_finish_time"),
+        }
+    return (
+        update(RobotDeploymentRow)
+        .where(
+            RobotDeploymentRow.job_id == bindparam("key_job_id"),
+            RobotDeploymentRow.robot_arn == bindparam("key_robot_arn"),
+        )
+        .values(**values)
     )
-    .values(
-        status=bindparam("status"),
-        last_report_seq=bindparam("last_report_seq"),
-        last_report_at=bindparam("last_report_at"),
-        progress=bindparam("progress", type_=JSON),
-        failure_code=bindparam("failure_code"),
-        failure_reason=bindparam("failure_reason"),
-        deployment_finish_time=bindparam("deployment_finish_time"),
-    )
-)
+
+
+_SAVE_ROW = _save_row_statement(finished=True)
+_SAVE_PROGRESS = _save_row_statement(finished=False)
 _TOUCH_AGENT = (
     update(RobotRow).where(RobotRow.arn == bindparam("key_arn")).values(agent_seen_at=bindparam("seen_at"))
-)
-_SAVE_PROGRESS = (
-    update(RobotDeploymentRow)
-    .where(
-        RobotDeploymentRow.job_id == bindparam("key_job_id"),
-        RobotDeploymentRow.robot_arn == bindparam("key_robot_arn"),
-    )
-    .values(
-        status=bindparam("status"),
-        last_report_seq=bindparam("last_report_seq"),
-        last_report_at=bindparam("last_report_at"),
-        progress=bindparam("progress", type_=JSON),
-    )
 )
 
 

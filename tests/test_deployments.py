@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 
@@ -32,6 +33,7 @@ from openrobomaker.agent.client import AgentClient, RobotCredentials
 from openrobomaker.agent.deployer import Deployer
 from openrobomaker.agent.state import WorkDir
 from openrobomaker.api import agent_blobs
+from openrobomaker.config import ConfigError, build_settings
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -396,6 +398,27 @@ def test_sendfile_tickets_expire_and_follow_the_file(tmp_path, monkeypatch):
         assert httpx.get(fresh, headers={"Range": "bytes=99-"}).status_code == 410
     finally:
         blobs.close()
+
+
+def test_bundle_listener_on_a_configured_port(tmp_path):
+    """`bundle_port` fixes the sendfile listener's port (for sites that open one port to their robots);
+    a value outside 0-65535 is a configuration error."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = build_settings(bundle_port=port)
+    assert settings.bundle_port == port
+    blobs = agent_blobs.AgentBlobs("127.0.0.1", settings.bundle_port)
+    try:
+        path = tmp_path / "object"
+        path.write_bytes(b"bytes")
+        url = httpx.URL(blobs.url("127.0.0.1", path, "etag"))
+        assert url.port == port and blobs.port == port
+        assert httpx.get(url).content == b"bytes"
+    finally:
+        blobs.close()
+    with pytest.raises(ConfigError, match="bundle_port"):
+        build_settings(bundle_port=70000)
 
 
 def test_long_polls_end_quietly_on_shutdown(tmp_path):

@@ -13,6 +13,7 @@ Config file (all keys optional):
         secret_access_key: secret
         account_id: "111111111111"
         session_token: optional
+    bundle_port: 0                    # agents' bundle downloads (local store, sendfile); 0 = any free port
     limits:
       concurrent_simulation_jobs: 10  # per account (RoboMaker's quota)
       active_simulation_job_batches: 5
@@ -73,6 +74,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     public_url: str | None = None  # how runners and agents reach this server
     isolation: str = "auto"  # simulation job isolation: auto | netns | userns | none
+    bundle_port: int = 0  # the agents' sendfile bundle listener; 0 lets the OS choose
     dev_credentials: bool = False
 
     @property
@@ -135,6 +137,9 @@ def build_settings(config_file: Path | None = None, **overrides: Any) -> Setting
     settings.database_url = data.get("database_url")
     settings.public_url = data.get("public_url")
     settings.isolation = str(data.get("isolation", settings.isolation))
+    settings.bundle_port = int(data.get("bundle_port", settings.bundle_port))
+    if not 0 <= settings.bundle_port <= 65535:
+        raise ConfigError(f"bundle_port must be 0-65535, not {settings.bundle_port}")
     if settings.isolation not in ("auto", "netns", "userns", "none"):
         raise ConfigError(f"isolation must be auto, netns, userns or none, not {settings.isolation!r}")
     store = data.get("object_store")

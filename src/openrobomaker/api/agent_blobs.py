@@ -146,8 +146,9 @@ class _Listener6(_Listener):
 class AgentBlobs:
     """The listener and its tickets. Started on first use; `url()` is safe from any thread."""
 
-    def __init__(self, host: str):
+    def __init__(self, host: str, port: int = 0):
         self._host = host
+        self._port = port  # 0: any free port (fixed ports are for sites that firewall the robots' traffic)
         self._tickets: dict[str, Ticket] = {}
         self._purge_at = PURGE_AT
         self._lock = threading.Lock()
@@ -160,7 +161,7 @@ class AgentBlobs:
     def _started(self) -> _Listener:
         with self._lock:
             if self._listener is None:
-                listener = (_Listener6 if ":" in self._host else _Listener)((self._host, 0), _Handler)
+                listener = (_Listener6 if ":" in self._host else _Listener)((self._host, self._port), _Handler)
                 listener.blobs = self
                 threading.Thread(target=listener.serve_forever, name="agent-blobs", daemon=True).start()
                 self._listener = listener

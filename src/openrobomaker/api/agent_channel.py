@@ -344,7 +344,11 @@ def extra_routes(platform: Any) -> list[Route]:
     recheck = MAX_WAIT_SECONDS if platform.db.is_sqlite else RECHECK_SECONDS
     keys = RobotKeys()
     reports = Batcher(lambda items: deployments.record_agent_reports(platform, items))
-    blobs = AgentBlobs(platform.settings.host) if isinstance(platform.objects, LocalObjectStore) else None
+    blobs = (
+        AgentBlobs(platform.settings.host, platform.settings.bundle_port)
+        if isinstance(platform.objects, LocalObjectStore)
+        else None
+    )
     public_url = getattr(platform.settings, "public_url", None)
     public_host = urlsplit(public_url).hostname if public_url else None
 

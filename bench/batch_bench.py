@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from cpu import CpuGroup, own_cpu_seconds  # noqa: E402
+
 from helpers import running_server  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 
@@ -59,48 +61,6 @@ def tiny_bundle() -> bytes:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-class CpuMeter:
-    """CPU time of the server and everything it starts (runners, ROS masters, nodes), from a cgroup-v1
-    cpuacct group the server is moved into. Runners are detached and nsenter'd into the job's namespaces,
-    so rusage of the server would miss most of them; a cgroup sees every descendant. Needs root."""
-
-    ROOT = Path("/sys/fs/cgroup/cpuacct")
-
-    def __init__(self) -> None:
-        self.group: Path | None = None
-
-    def track(self, pid: int) -> bool:
-        try:
-            group = self.ROOT / f"orm-batch-bench-{os.getpid()}"
-            group.mkdir()
-            (group / "cgroup.procs").write_text(str(pid))
-        except OSError:
-            return False
-        self.group = group
-        return True
-
-    def seconds(self) -> float | None:
-        return int((self.group / "cpuacct.usage").read_text()) / 1e9 if self.group else None
-
-    def close(self) -> None:
-        """Move whatever is left back to the root group and remove ours."""
-        if self.group is None:
-            return
-        with contextlib.suppress(OSError):
-            for pid in (self.group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    (self.ROOT / "cgroup.procs").write_text(pid)
-            self.group.rmdir()
-        self.group = None
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """CPU time of one process alone (here the server: API, controllers, store), without its children."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    utime, stime = (int(v) for v in stat[stat.rindex(")") + 2 :].split()[11:13])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
@@ -247,10 +207,10 @@ def main() -> int:
         xargs_wall = run_xargs(args.jobs, args.concurrency, args.seconds, xargs_stamps)
         xargs_cpu = children_cpu_seconds() - cpu_before
         (tmp_dir / "server").mkdir()
-        meter = CpuMeter()
+        meter = CpuGroup("batch")
         try:
             with running_server(config, data_dir=tmp_dir / "server") as server:
-                meter.track(server.process.pid)
+                meter.add(server.process.pid)
                 app_arn = create_app(server)
                 warm_up(server, app_arn, args.seconds, tmp_dir / "warmup.txt")
                 cpu_before, server_before = meter.seconds(), own_cpu_seconds(server.process.pid)

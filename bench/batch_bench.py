@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cpu import CpuGroup, own_cpu_seconds  # noqa: E402
 
-from helpers import running_server  # noqa: E402
+from helpers import most_at_once, running_server  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 
 ROLE = "arn:aws:iam::000000000000:role/BenchRole"
@@ -279,15 +279,6 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
     print("where a member's time went (s):")
     for name in PHASES:
         print(f"  {name:10s} {describe(durations[name])}")
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from cpu import CpuGroup, own_cpu_seconds  # noqa: E402
 
-from helpers import free_port, running_server  # noqa: E402
+from helpers import free_port, most_at_once, running_server  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 from ros_bundles import node_launch, ros_package_bundle  # noqa: E402
 
@@ -531,15 +531,6 @@ def run_bare_throughput(root: Path, jobs: int, seconds: float, stamp_dir: Path, 
         "published": sum(1 for i in range(jobs) if read_stamp(stamp_dir, f"tput-{i}") is not None),
         "unfinished": len(live),
     }
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 # --- report ----------------------------------------------------------------------------------------------

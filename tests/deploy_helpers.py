@@ -239,17 +239,6 @@ def deploying_intervals(agents: list[AgentProcess], job: str) -> dict[str, tuple
     return intervals
 
 
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    points = sorted(
-        [(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1])
-    )
-    running = peak = 0
-    for _, delta in points:
-        running += delta
-        peak = max(peak, running)
-    return peak
-
-
 def signed_get(endpoint: str, path: str, query: dict, key, headers: dict | None = None) -> httpx.Response:
     """A GET on the agent channel signed with `key` (a robot's), redirects not followed."""
     url = f"{endpoint}{path}?{urlencode(query, quote_via=quote, safe='')}"

@@ -231,3 +231,14 @@ def running_postgres() -> Iterator[str]:
     finally:
         stop_process(server)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most (start, end) intervals that overlap at any moment."""
+    # At equal times an end (-1) sorts before a start (+1): touching intervals do not overlap.
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak

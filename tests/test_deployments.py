@@ -19,7 +19,6 @@ from deploy_helpers import (
     fleet_of_agents,
     hello_bundle,
     job_id,
-    max_overlap,
     object_store,
     robot_application,
     robot_credentials,
@@ -28,7 +27,7 @@ from deploy_helpers import (
     wait_for_job,
     wait_until,
 )
-from helpers import REGION, running_server
+from helpers import REGION, most_at_once, running_server
 from openrobomaker.agent.client import AgentClient, RobotCredentials
 from openrobomaker.agent.deployer import Deployer
 from openrobomaker.agent.state import WorkDir
@@ -97,7 +96,7 @@ def test_full_rollout_in_waves(env, killed_agent):
         assert "ExecutingPreLaunch" in seen_steps or "Launching" in seen_steps
         # waves of 50% of 4 = 2: never more than 2 robots deploying at once, by the robots' own clocks
         intervals = deploying_intervals(agents, job_id(job))
-        assert len(intervals) == 4 and max_overlap(list(intervals.values())) == 2
+        assert len(intervals) == 4 and most_at_once(list(intervals.values())) == 2
         starts = sorted(r["deploymentStartTime"].timestamp() for r in summary)
         finishes = sorted(r["deploymentFinishTime"].timestamp() for r in summary)
         assert starts[2] >= finishes[1] - 0.01  # wave 2 starts after wave 1 ended
@@ -256,7 +255,7 @@ def test_server_restart_mid_rollout(env):
         assert described["status"] == "Succeeded", described
         assert [r["status"] for r in described["robotDeploymentSummary"]] == ["InSync"] * 3
         intervals = deploying_intervals(agents, job_id(job))
-        assert max_overlap(list(intervals.values())) == 1
+        assert most_at_once(list(intervals.values())) == 1
 
 
 def test_bundle_from_s3_by_presigned_url(moto_s3, tmp_path):

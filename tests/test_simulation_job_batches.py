@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import running_server
+from helpers import most_at_once, running_server
 from openrobomaker.objectstore import ObjectStoreConfig, open_store
 from ros_bundles import node_launch, ros_package_bundle
 
@@ -493,16 +493,6 @@ def read_stamps(path: Path) -> dict[str, dict[str, float]]:
         assert what not in runs.setdefault(job_id, {}), f"{job_id} stamped {what} twice"
         runs[job_id][what] = float(when)
     return runs
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    # At equal times an end (-1) sorts before a start (+1): touching intervals do not overlap.
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def processes_with_env(entry: str) -> list[int]:

@@ -248,7 +248,10 @@ def test_deployment_to_real_agents(config_for, backend, tmp_path):
             job = rm.create_deployment_job(
                 fleet=fleet,
                 deploymentApplicationConfigs=app_config(app),
-                deploymentConfig={"concurrentDeploymentPercentage": 50, "robotDeploymentTimeoutInSeconds": 60},
+                deploymentConfig={
+                    "concurrentDeploymentPercentage": 50,
+                    "robotDeploymentTimeoutInSeconds": 60,
+                },
             )["arn"]
             described = wait_for_job(rm, job)
             assert described["status"] == "Succeeded", described

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openrobomaker.bundles import BundleOverlay, ExtractedBundle, sourced_argv
+from openrobomaker.procfs import start_time
 
 log = logging.getLogger("openrobomaker.agent.supervisor")
 
@@ -98,25 +99,16 @@ class App:
         return dict(self.__dict__)
 
 
-def _proc_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
 def kill_group(pid: int, start: str | None, grace: float = 10.0) -> None:
     """Stop a launched process group: SIGINT (roslaunch shuts its nodes down), then SIGTERM, SIGKILL."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-        if start is not None and _proc_start(pid) != start:
+        if start is not None and start_time(pid) != start:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if _proc_start(pid) is None:
+            if start_time(pid) is None:
                 return
             time.sleep(0.1)
 
@@ -179,13 +171,13 @@ class Supervisor:
                 start_new_session=True,
                 close_fds=True,
             )
-        self._on_process((self._process.pid, _proc_start(self._process.pid)))
+        self._on_process((self._process.pid, start_time(self._process.pid)))
         self._on_event("launched", app, {"pid": self._process.pid, "masterPort": self._port})
 
     def _stop_process(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            kill_group(process.pid, _proc_start(process.pid))
+            kill_group(process.pid, start_time(process.pid))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         if process is not None:

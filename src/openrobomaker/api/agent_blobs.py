@@ -161,7 +161,9 @@ class AgentBlobs:
     def _started(self) -> _Listener:
         with self._lock:
             if self._listener is None:
-                listener = (_Listener6 if ":" in self._host else _Listener)((self._host, self._port), _Handler)
+                listener = (_Listener6 if ":" in self._host else _Listener)(
+                    (self._host, self._port), _Handler
+                )
                 listener.blobs = self
                 threading.Thread(target=listener.serve_forever, name="agent-blobs", daemon=True).start()
                 self._listener = listener

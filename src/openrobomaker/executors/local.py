@@ -22,24 +22,13 @@ import sys
 import threading
 from pathlib import Path
 
+from openrobomaker.procfs import start_time
+
 log = logging.getLogger(__name__)
 
-_CLK_START_FIELD = 21  # /proc/<pid>/stat field 22 (0-based 21 after the comm field is cut out)
 RUNNER_NICE = 5  # runners and their jobs yield the CPU to the control plane (admission, reports)
 ZYGOTE_READY_SECONDS = 30.0
 ZYGOTE_ANSWER_SECONDS = 10.0
-
-
-def _proc_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses; fields resume after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has finished
-        return None
-    return fields[_CLK_START_FIELD - 2]
 
 
 def _parse(handle: str) -> tuple[int, str]:
@@ -135,7 +124,7 @@ class LocalExecutor:
         pid = self._fork_from_zygote(spec_path, work_dir) if self.use_zygote else None
         if pid is None:
             pid = self._spawn_interpreter(spec_path, work_dir)
-        start = _proc_start_time(pid) or "0"
+        start = start_time(pid) or "0"
         return f"local:{pid}:{start}"
 
     def _zygote_process(self) -> Zygote:
@@ -190,7 +179,7 @@ class LocalExecutor:
     def is_alive(self, handle: str) -> bool:
         self._reap()
         pid, start = _parse(handle)
-        return _proc_start_time(pid) == start
+        return start_time(pid) == start
 
     def terminate(self, handle: str) -> None:
         if self.is_alive(handle):
@@ -229,7 +218,7 @@ class LocalExecutor:
             except OSError:
                 continue
             if wanted in cmdline:
-                start = _proc_start_time(int(entry.name))
+                start = start_time(int(entry.name))
                 if start:
                     return f"local:{entry.name}:{start}"
         return None

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from openrobomaker.procfs import stat_fields
+
 log = logging.getLogger(__name__)
 
 RUN_MARKER_VAR = "OPENROBOMAKER_RUN_MARKER"
@@ -214,19 +216,10 @@ class JobProcess:
         return self.popen.returncode
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def process_group_members(pgid: int, candidates: Iterable[int] | None = None) -> list[int]:
     members = []
     for pid in _all_pids() if candidates is None else candidates:
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(pid)
     return members

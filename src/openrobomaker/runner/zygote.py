@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 
+from openrobomaker.procfs import stat_fields
+
 PR_SET_PDEATHSIG = 1
 TITLE_ROOM = 4096  # bytes of argv space reserved for the forked runners' command lines
 _ARG_START_FIELD = 48  # /proc/<pid>/stat fields 48 and 49 (1-based): where argv lies in memory
@@ -38,10 +40,10 @@ def set_parent_death_signal(sig: int) -> None:
 
 def set_command_line(argv: list[str]) -> bool:
     """Rewrite this process's /proc/self/cmdline in place (as setproctitle does), within the original room."""
+    fields = stat_fields("self")
+    if fields is None:
+        return False
     try:
-        with open("/proc/self/stat") as fh:
-            stat = fh.read()
-        fields = stat[stat.rindex(")") + 2 :].split()
         # fields[0] is field 3 (the state), so field N is fields[N - 3].
         start, end = int(fields[_ARG_START_FIELD - 3]), int(fields[_ARG_START_FIELD - 2])
         text = "\0".join(argv).encode() + b"\0"

@@ -57,10 +57,10 @@ def test_forked_runner_is_a_detached_runner(jobs, executor):
     zygote = executor.zygote_pid()
     assert zygote is not None, "the runner was not forked from the zygote"
     jobs.plane.wait_phase(spec["jobId"], "Running", 60)
-    # Its own session, not the zygote's child (it outlives the zygote and the server), and it reads as
-    # the runner it is.
+    # Its own session (the zygote's child only until the zygote goes: it outlives the zygote and the
+    # server), and it reads as the runner it is.
     assert os.getsid(pid) == pid
-    assert _ppid(pid) != zygote
+    assert _ppid(pid) == zygote
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:5] == [b"-m", b"openrobomaker.runner", b"--spec", str(spec_path).encode()]
     assert executor.find_orphan(str(spec_path)) == handle
@@ -70,6 +70,7 @@ def test_forked_runner_is_a_detached_runner(jobs, executor):
     assert executor.zygote_pid() is None
     time.sleep(0.3)
     assert executor.is_alive(handle)
+    assert _ppid(pid) != zygote
 
     os.kill(pid, signal.SIGTERM)  # cancel: the runner reports Canceled and exits
     final = jobs.plane.wait_phase(spec["jobId"], "Finished", 60)
@@ -80,12 +81,20 @@ def test_forked_runner_is_a_detached_runner(jobs, executor):
     assert "openrobomaker runner" not in (Path(spec["workDir"]) / "runner.out").read_text()
 
 
+def _wait_reaped(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), f"process {pid} left a zombie"
+
+
 def test_killed_zygote_is_replaced(jobs, executor):
     spec = jobs.spec([command_app(jobs, "simulation", ["/bin/true"])], outputLocation=None)
-    _start(jobs, executor, spec)
+    handle, _ = _start(jobs, executor, spec)
     first = executor.zygote_pid()
     assert first is not None
     assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
+    _wait_reaped(_parse(handle)[0])  # a runner that ends before its zygote is reaped at once
 
     os.kill(first, signal.SIGKILL)
     _wait_gone(first)

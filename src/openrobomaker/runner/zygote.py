@@ -5,7 +5,8 @@ runner: `{"spec": SPEC, "cwd": WORK_DIR, "out": RUNNER_OUT, "nice": N}` → `{"p
 A new interpreter plus the runner's imports cost ~0.4 CPU-s per job; a fork of this process costs a few ms.
 
 The forked runner is exactly the detached runner `python -m openrobomaker.runner --spec SPEC` would be:
-it is double-forked (its parent is not the zygote, so it outlives the zygote and the server), leads its own
+it outlives the zygote and the server (the zygote ignores SIGCHLD, so its exited runners are reaped by the
+kernel, and a runner left behind when the zygote exits is adopted by init), leads its own
 session, has no parent-death signal, has its stdio on runner.out, and its command line is rewritten to
 `... -m openrobomaker.runner --spec SPEC` so that the executor's find_orphan and anyone reading `ps` see
 what it is. The zygote itself is single-threaded (forks are safe), holds no server socket or database
@@ -18,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib
 import json
 import os
 import signal
 import sys
 
-from openrobomaker.procfs import stat_fields
+from openrobomaker.procfs import set_task_name, stat_fields
 
 PR_SET_PDEATHSIG = 1
 TITLE_ROOM = 4096  # bytes of argv space reserved for the forked runners' command lines
+STORE_KINDS = ("local", "s3")
 _ARG_START_FIELD = 48  # /proc/<pid>/stat fields 48 and 49 (1-based): where argv lies in memory
 
 
@@ -64,12 +67,8 @@ def _preload() -> None:
     import encodings.idna  # noqa: F401
     import http.client  # noqa: F401
 
-    import openrobomaker.objectstore.local  # noqa: F401
     import openrobomaker.runner.__main__  # noqa: F401
     import openrobomaker.runner.job  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        import openrobomaker.objectstore.s3  # noqa: F401
 
 
 def _become_runner(request: dict) -> None:
@@ -93,6 +92,7 @@ def _become_runner(request: dict) -> None:
         if nice > 0:
             os.nice(nice)
         set_command_line([sys.executable, "-m", "openrobomaker.runner", "--spec", request["spec"]])
+        set_task_name("orm-runner")
         from pathlib import Path
 
         from openrobomaker.runner.__main__ import run_spec
@@ -114,25 +114,34 @@ def _become_runner(request: dict) -> None:
         os._exit(code)
 
 
+def _store_module(spec_path: str) -> str | None:
+    """The object store module the job's runner will open (the spec names the store's kind)."""
+    try:
+        with open(spec_path, "rb") as spec:
+            kind = json.load(spec).get("objectStore", {}).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # the runner itself reports a spec it cannot read
+    return f"openrobomaker.objectstore.{kind}" if kind in STORE_KINDS else None
+
+
+def _preload_for(request: dict) -> None:
+    """Import, once, what this job's runner needs beyond _preload: boto3 only when the store is S3 (it
+    would double what every fork of a local-store server copies)."""
+    module = _store_module(request["spec"])
+    if module is None or module in sys.modules:
+        return
+    with contextlib.suppress(ImportError):
+        importlib.import_module(module)
+        gc.freeze()
+
+
 def fork_runner(request: dict) -> int:
-    """Double fork: the runner is reparented away from the zygote at once. Returns the runner's pid."""
-    read_end, write_end = os.pipe()
-    middle = os.fork()
-    if middle == 0:
-        os.close(read_end)
-        try:
-            runner = os.fork()
-            if runner == 0:
-                os.close(write_end)
-                _become_runner(request)
-            os.write(write_end, f"{runner}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read()
-    os.waitpid(middle, 0)
-    return int(answer.strip())
+    """One fork; the runner is the zygote's child until either exits. Returns the runner's pid."""
+    _preload_for(request)
+    runner = os.fork()
+    if runner == 0:
+        _become_runner(request)
+    return runner
 
 
 def serve(stdin, stdout) -> int:
@@ -153,6 +162,7 @@ def main() -> int:
     if expected_parent and os.getppid() != int(expected_parent):
         return 1  # the server died before the death signal was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of a foreground server reaches the server only
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners that end before the zygote leave no zombie
     _preload()
     # Everything imported so far lives as long as the runners: keep it out of their garbage collections,
     # whose passes would otherwise write to (and so copy) every inherited page.

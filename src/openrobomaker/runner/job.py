@@ -76,6 +76,7 @@ APP_SIGINT_TIMEOUT = 10.0  # the launcher gives nodes 5 s for SIGINT and 2 s for
 BAG_SIGINT_TIMEOUT = 15.0  # rosbag must get to close the bag properly
 POLL_SECONDS = 0.2
 MAX_CRASH_BACKOFF = 10.0
+ROS_SUITES = ("ROS", "ROS2")  # jobs with an application of these get ROS's log, bag and launcher folders
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class JobRun:
     # --- preparing ------------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        self.layout.create()
+        self.layout.create(ros=any(a.software_suite.name in ROS_SUITES for a in self.spec.applications))
         if not self.spec.applications:
             raise JobFailure(INTERNAL_SERVICE_ERROR, "The simulation job has no application to run.")
         if self.spec.output_location and self.output_prefix is not None:
@@ -292,7 +293,7 @@ class JobRun:
             self._fetch_bundle(app)
             self._check_cancel()
         self.data_sources = fetch_data_sources(
-            self.store, self.spec.data_sources, self.layout.datasources, self.layout.downloads
+            self.store, self.spec.data_sources, self.layout.datasources, self.layout.scratch()
         )
         self._check_cancel()
 
@@ -315,7 +316,7 @@ class JobRun:
         bundle = fetch_application(
             self.store,
             app.spec,
-            self.layout.downloads / f"{app.slug}.bundle",
+            self.layout.scratch() / f"{app.slug}.bundle",
             bundle_dir,
             self.cache_dir / "bundles",
         )

@@ -78,18 +78,20 @@ class RunLayout:
     def infra_log(self, name: str) -> Path:
         return self.ros_logs / f"{name}.log"
 
-    def create(self) -> None:
-        for path in (
-            self.home,
-            self.downloads,
-            self.apps,
-            self.datasources,
-            self.status,
-            self.namespace,
-            self.ros_log_dir,
-            self.ros_bags,
-        ):
+    def create(self, ros: bool) -> None:
+        """The directories every run uses, and the ROS ones when the job runs ROS. The rest (downloads,
+        data sources, the namespace's mount stash) are made where they are first needed: a run of a plain
+        `command` makes four directories instead of ten (each new inode costs, most of all on a busy disk)."""
+        paths = [self.home, self.ros_logs]
+        if ros:
+            paths += [self.status, self.ros_log_dir, self.ros_bags]
+        for path in paths:
             path.mkdir(parents=True, exist_ok=True)
+
+    def scratch(self) -> Path:
+        """Downloads waiting to be extracted."""
+        self.downloads.mkdir(exist_ok=True)
+        return self.downloads
 
     def api_socket_path(self) -> Path:
         """A unix socket path short enough for bind(); falls back to a private dir under /tmp."""

@@ -43,6 +43,7 @@ from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E40
 
 ROLE = "arn:aws:iam::000000000000:role/BenchRole"
 TERMINAL = {"Completed", "Failed", "Canceled", "TimedOut"}
+POLL_SECONDS = 1.0  # how often the script asks DescribeSimulationJobBatch (the timings come from the store)
 PHASES = ("refill", "admit", "boot", "launch", "work", "wind_down")
 
 
@@ -140,7 +141,7 @@ def run_batch(server, app_arn: str, jobs: int, concurrency: int, seconds: float,
         createSimulationJobRequests=requests,
     )
     while (batch := rm.describe_simulation_job_batch(batch=batch["arn"]))["status"] not in TERMINAL:
-        time.sleep(0.25)
+        time.sleep(POLL_SECONDS)
     batch["clientWall"] = time.monotonic() - started
     return batch
 

@@ -285,6 +285,8 @@ def test_marker_search_scoped_to_the_job_namespace_finds_and_kills_orphans(tmp_p
         assert everywhere, "the orphaned sleep should still carry the marker"
         if isolation.isolated:
             assert set(everywhere) <= set(isolation.job_pids())
+            # The process-tree walk finds exactly what reading every process's namespace link finds.
+            assert isolation.job_pids() == sorted(isolation._scan_every_process())
         assert sorted(
             find_marked_processes(PROC_MARKER_VAR, process.marker, process._candidates())
         ) == sorted(everywhere)
@@ -292,3 +294,27 @@ def test_marker_search_scoped_to_the_job_namespace_finds_and_kills_orphans(tmp_p
         assert find_marked_processes(PROC_MARKER_VAR, process.marker) == []
     finally:
         isolation.stop()
+
+
+def test_run_layout_makes_ros_folders_only_for_ros_jobs(tmp_path):
+    plain, ros = RunLayout(tmp_path / "plain"), RunLayout(tmp_path / "ros")
+    plain.create(ros=False)
+    ros.create(ros=True)
+    assert plain.home.is_dir() and plain.ros_logs.is_dir()
+    assert not plain.ros_bags.exists() and not plain.status.exists() and not plain.downloads.exists()
+    assert ros.ros_log_dir.is_dir() and ros.ros_bags.is_dir() and ros.status.is_dir()
+    assert plain.scratch().is_dir()
+
+
+def test_local_store_download_is_a_snapshot_of_the_object(tmp_path):
+    from openrobomaker.objectstore import ObjectStoreConfig, open_store
+
+    store = open_store(ObjectStoreConfig(kind="local", root=str(tmp_path / "objects")))
+    store.create_bucket("b")
+    first = store.put_bytes("b", "k", b"version 1")
+    dest = tmp_path / "bundle"
+    info = store.download("b", "k", dest)
+    assert info.etag == first.etag and dest.read_bytes() == b"version 1"
+    store.put_bytes("b", "k", b"version 2")  # replacing the object leaves the downloaded copy as it was
+    assert dest.read_bytes() == b"version 1"
+    assert store.download("b", "k", tmp_path / "again").size == len(b"version 2")

@@ -1,7 +1,8 @@
 """Each run in its own network, mount and pid namespaces, so two jobs on one host can both use port 11311.
 
-One holder process is forked from the runner (ns_holder.ForkedHolder: no new interpreter); it unshares fresh
-namespaces and forks pid 1 of the new pid namespace, which answers the runner's requests (port waits, the
+Pid 1 of the job is forked from the runner (ns_holder.ForkedHolder: no new interpreter; as root directly
+into a new pid namespace, in user namespace mode below a holder that makes the user namespace first); it
+has fresh network and mount namespaces and answers the runner's requests (port waits, the
 master's /run_id, a listening socket for the API forwarder, data-source mounts). Every job process is
 started with `nsenter --target <holder>` so that the runner itself stays in the host's network namespace
 (it needs the object store and the control plane on the host's loopback).

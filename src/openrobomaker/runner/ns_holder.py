@@ -11,8 +11,10 @@
 When the holder exits, the kernel kills every other process of the pid namespace: that is what guarantees a
 job leaves nothing behind even if the runner is SIGKILLed.
 
-`fork_holder()` is the same holder without a new interpreter: the runner forks, the child unshares the
-namespaces itself (libc unshare) and forks pid 1 of the new pid namespace, which then serves the runner's
+`ForkedHolder` is the same holder without a new interpreter. As root the runner forks pid 1 of a new pid
+namespace directly (unshare of the pid namespace around one fork), and that child unshares its network and
+mount namespaces itself; in user namespace mode a forked child unshares all of them (libc unshare) and forks
+pid 1 below it. Pid 1 then serves the runner's
 requests (wait for a port, set the master's /run_id, open a listening socket inside the namespace and pass
 it back over SCM_RIGHTS, apply the data-source mounts) on a socketpair until the runner closes it or dies.
 """
@@ -211,9 +213,11 @@ def _die_with_parent(parent: int | None) -> None:
         os._exit(1)
 
 
-def _enter_new_namespaces(user_namespace: bool) -> None:
+def _enter_new_namespaces(user_namespace: bool, pid: bool = True) -> None:
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if user_namespace else 0)
+    flags = (
+        CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWPID if pid else 0) | (CLONE_NEWUSER if user_namespace else 0)
+    )
     _check(_LIBC.unshare(flags), "unshare")
     if user_namespace:  # root inside maps to the runner's own uid/gid, as `unshare --map-root-user` does
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
@@ -278,19 +282,28 @@ def _serve_as_init(sock: socket.socket) -> None:
             _send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
+def _close_inherited(keep: socket.socket) -> None:
+    """Nothing of the runner's (log files, pipes, its control-plane connection) stays open in the job."""
+    fd = keep.fileno()
+    os.closerange(3, fd)
+    os.closerange(fd + 1, 1 << 16)
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _holder_child(inner_sock: socket.socket, outer_sock: socket.socket, runner: int, user_ns: bool) -> None:
-    """The forked child: new namespaces, then pid 1 below it; it waits for pid 1 and exits with it."""
+    """The forked child (user namespace mode): new namespaces, then pid 1 below it; it waits for pid 1 and
+    exits with it. (The pid namespace must be made inside the new user namespace, so after it.)"""
     status = 1
     try:
         outer_sock.close()
-        keep = inner_sock.fileno()
-        # Nothing of the runner's (log files, pipes, its control-plane connection) stays open in the job.
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 16)
+        _close_inherited(inner_sock)
         _die_with_parent(runner)
         _name_task(b"orm-holder")
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        _default_signals()
         _enter_new_namespaces(user_ns)
         init = os.fork()
         if init == 0:
@@ -314,19 +327,69 @@ def _holder_child(inner_sock: socket.socket, outer_sock: socket.socket, runner: 
         os._exit(status)
 
 
+def _fork_as_pid_1() -> int:
+    """fork(), the child being pid 1 of a new pid namespace (as root: no user namespace needed first).
+    Only that one child: this process's later children are born in its own pid namespace again."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_LIBC.unshare(CLONE_NEWPID), "unshare (pid)")
+        child = -1
+        try:
+            child = os.fork()
+        finally:
+            if child != 0:
+                _check(_LIBC.setns(own, CLONE_NEWPID), "setns (pid)")
+        return child
+    finally:
+        os.close(own)
+
+
+def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> None:
+    """Forked straight in as pid 1 of the new pid namespace: its network and mount namespaces, then serve."""
+    status = 1
+    try:
+        outer_sock.close()
+        _close_inherited(inner_sock)
+        # Its parent is the runner, outside its pid namespace (getppid() says 0): nothing to check; should
+        # the runner die first, the runner's end of the socket still closes with it.
+        _die_with_parent(None)
+        _name_task(b"orm-init")
+        _default_signals()
+        _enter_new_namespaces(False, pid=False)
+        _serve_as_init(inner_sock)
+        status = 0
+    except BaseException as exc:  # noqa: BLE001 - tell the runner why, whatever it was
+        with contextlib.suppress(OSError):
+            _send(inner_sock, {"error": str(exc) or type(exc).__name__})
+    finally:
+        os._exit(status)
+
+
 class ForkedHolder:
-    """The runner's end of a forked holder."""
+    """The runner's end of a forked holder: as root, pid 1 of the job forked directly (one process); in
+    user namespace mode, a holder that makes the namespaces and forks pid 1 (two processes)."""
 
     def __init__(self, user_namespace: bool, timeout: float = 15.0):
         outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        runner = os.getpid()
-        self.child = os.fork()
-        if self.child == 0:
-            _holder_child(inner, outer, runner, user_namespace)
+        self.pid: int | None = None  # pid 1 of the job's pid namespace, as the host sees it
+        if user_namespace:
+            runner = os.getpid()
+            self.child = os.fork()
+            if self.child == 0:
+                _holder_child(inner, outer, runner, user_namespace)
+        else:
+            try:
+                self.child = _fork_as_pid_1()
+            except HolderError:
+                inner.close()
+                outer.close()
+                raise
+            if self.child == 0:
+                _init_child(inner, outer)
+            self.pid = self.child
         inner.close()
         self.sock = outer
         self._lock = threading.Lock()
-        self.pid: int | None = None  # pid 1 of the job's pid namespace, as the host sees it
         try:
             self._await_ready(timeout)
         except HolderError:

@@ -261,6 +261,14 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
         "(refill + admit: the control plane's share)"
     )
     print(f"most processes at once   {peak:8d}")
+    starts = sorted(s["start"] for s in stamps.values() if "start" in s)
+    if starts and members:
+        ramp_up = starts[0] - batch["createdAt"].timestamp()
+        wind_up = batch["lastUpdatedAt"].timestamp() - max(m["ended"] for m in members)
+        print(
+            f"batch ramp-up / wind-up  {ramp_up:8.3f} s / {wind_up:.3f} s"
+            "   (batch created -> first process; last member ended -> batch Completed)"
+        )
     print(
         f"control-plane CPU per job{batch['serverCpuSeconds'] / args.jobs:8.3f} s   "
         "(the server process: API incl. this script's polling, both controllers, runner reports)"

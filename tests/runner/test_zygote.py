@@ -15,19 +15,33 @@ from test_runner_jobs import SLEEPER, command_app
 
 from openrobomaker.executors.local import LocalExecutor, _parse
 
+STARTED: list[str] = []  # handles of the runners a test started, killed at teardown if a test failed early
+
 
 @pytest.fixture()
 def executor():
     executor = LocalExecutor()
     yield executor
     executor.close()
+    _kill_started(executor)
+
+
+def _kill_started(executor: LocalExecutor) -> None:
+    """A runner whose test failed keeps retrying its final report to the test's control plane, gone by now:
+    runners outlive their server by design, so the test must end them."""
+    while STARTED:
+        handle = STARTED.pop()
+        if executor.is_alive(handle):
+            executor.kill(handle)
 
 
 def _start(jobs, executor: LocalExecutor, spec: dict) -> tuple[str, Path]:
     jobs.plane.register(spec["jobId"], spec["jobArn"], spec["controlPlane"]["token"])
     spec_path = Path(spec["workDir"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    return executor.start(spec["jobId"], spec["runId"], str(spec_path), spec["workDir"]), spec_path
+    handle = executor.start(spec["jobId"], spec["runId"], str(spec_path), spec["workDir"])
+    STARTED.append(handle)
+    return handle, spec_path
 
 
 def _ppid(pid: int) -> int:

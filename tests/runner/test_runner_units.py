@@ -318,3 +318,15 @@ def test_local_store_download_is_a_snapshot_of_the_object(tmp_path):
     store.put_bytes("b", "k", b"version 2")  # replacing the object leaves the downloaded copy as it was
     assert dest.read_bytes() == b"version 1"
     assert store.download("b", "k", tmp_path / "again").size == len(b"version 2")
+
+
+def test_zygote_preloads_the_store_module_a_job_names(tmp_path):
+    from openrobomaker.runner.zygote import _store_module
+
+    for kind, module in (("s3", "openrobomaker.objectstore.s3"), ("local", "openrobomaker.objectstore.local")):
+        spec = tmp_path / f"{kind}.json"
+        spec.write_text(json.dumps({"objectStore": {"kind": kind}}))
+        assert _store_module(str(spec)) == module
+    (tmp_path / "odd.json").write_text(json.dumps({"objectStore": {"kind": "os.system"}}))
+    assert _store_module(str(tmp_path / "odd.json")) is None  # only our own store modules are imported
+    assert _store_module(str(tmp_path / "missing.json")) is None

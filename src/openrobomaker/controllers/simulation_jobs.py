@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,25 @@ class ActiveJob:
     work_dir: str | None
 
 
+ADMITTED, FAILED, SKIPPED = "admitted", "failed", "skipped"
+
+
+@dataclass
+class PreparedRun:
+    """A waiting job's next run, prepared before the admission transaction."""
+
+    job_id: str
+    run_id: str | None = None
+    token: str | None = None
+    key: tuple[str, str] | None = None
+    work_dir: Path | None = None
+    failure: str | None = None  # why the job fails instead (ResourceNotFound)
+
+
+def _admissible(job: store.AdmissionJob) -> bool:
+    return job.status == "Pending" and job.runner_handle is None and job.desired == "run"
+
+
 def new_run_id(now: float) -> str:
     """`2020-06-10T10-55-49.817Z_<uuid>`, the run id layout seen in RoboMaker's log stream names."""
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H-%M-%S.%f")[:-3]
@@ -55,6 +75,8 @@ class SimulationJobController(Controller):
         self.executor = executor
         self.jobs_dir = (platform.settings.data_dir / "jobs").resolve()
         self.cache_dir = (platform.settings.data_dir / "cache").resolve()
+        # Settings are fixed once the server runs; resolving the store's path per job cost a path walk.
+        self.object_store = platform.settings.resolved_object_store.to_dict()
         self.started_at = time.time()
 
     def stop(self) -> None:
@@ -91,9 +113,11 @@ class SimulationJobController(Controller):
                 self._watch(job, now)
 
     def _admit_waiting(self, active: list[ActiveJob]) -> None:
-        """Admit every waiting job that fits, oldest first, in one transaction; then start their runners
-        and record them in one more. Under load a transaction and a fork per job, one after another, made
-        the twentieth job of a batch wait seconds for its runner."""
+        """Admit every waiting job that fits, oldest first: prepare their runs (plans, keys, run directories
+        and specs) outside any transaction, commit them in one, then start their runners and record them
+        in one more. Under load a transaction and a fork per job, one after another, made the twentieth job
+        of a batch wait seconds for its runner; and the run directories, made inside the transaction, held
+        SQLite's writer lock (runner reports, member creation) through slow filesystem calls."""
         capacity = self.platform.settings.limits.simulation_units
         in_use = sum(job.units for job in active if job.handle is not None)
         waiting = [
@@ -101,42 +125,71 @@ class SimulationJobController(Controller):
         ]
         if not waiting or in_use + waiting[0].units > capacity:
             return
-        admitted: list[tuple[str, str]] = []
-        with self.platform.db.transaction() as session:
-            for job in waiting:
-                if in_use + job.units > capacity:
+        runs: list[PreparedRun] = []
+        resolved: dict = {}  # each application version read once per pass (batch members share them)
+        with self.platform.db.reader() as connection:
+            for waiter in waiting:
+                if in_use + waiter.units > capacity:
                     break  # strict first-in first-out: the oldest waiting job keeps its place
-                work_dir = self._admit(session, job.job_id)
-                if work_dir is not None:
-                    admitted.append((job.job_id, work_dir))
-                    in_use += job.units
+                job = store.peek_admission_job(connection, waiter.job_id)
+                if job is None or not _admissible(job):
+                    continue
+                run = self._prepare_run(job, resolved)
+                runs.append(run)
+                if run.failure is None:
+                    in_use += waiter.units
+        if not runs:
+            return
+        admitted: list[tuple[str, str]] = []
+        ended = False
+        with self.platform.db.write() as session:  # prepared statements only (see _admit)
+            for run in runs:
+                outcome = self._admit(session, run)
+                if outcome == ADMITTED:
+                    admitted.append((run.job_id, str(run.work_dir)))
+                ended |= outcome == FAILED
+        for run in runs:
+            if run.work_dir is not None and (run.job_id, str(run.work_dir)) not in admitted:
+                shutil.rmtree(run.work_dir, ignore_errors=True)  # prepared for a job that stopped waiting
+        if ended:
+            self.platform.notify("simulation_batches")  # a member that ended frees its batch's slot
         # Fresh run directories: no runner can have been started for them yet, so no orphan to look for.
         self._start_runners(admitted)
 
     # --- admission --------------------------------------------------------------------------------------
 
-    def _admit(self, session, job_id: str) -> str | None:
-        """Move one Pending job to Preparing with a new run (spec written); its work dir, or None."""
-        now = time.time()
-        token = secrets.token_urlsafe(32)
-        run_id = new_run_id(now)
-        job = store.get_job(session, job_id, for_update=True)
-        if job is None or job.status != "Pending" or job.runner_handle is not None or job.desired != "run":
-            return None
+    def _prepare_run(self, job: store.AdmissionJob, resolved: dict) -> PreparedRun:
+        """A new run of a waiting job, ready on disk (its spec names a key that is valid once committed);
+        or the reason the job cannot run (an application it names is gone)."""
         try:
-            applications = jobs.plan_applications(self.platform, job)
+            applications = jobs.plan_applications(self.platform, job, cache=resolved)
         except ApiError as exc:
-            jobs.finish_job(job, "Failed", "ResourceNotFound", exc.message, now)
-            return None
-        key_id, secret = credentials.mint(session, job.account_id, f"job:{job.arn}", "ORMJ")
-        work_dir = self.jobs_dir / job.job_id / run_id.replace(":", "-")
-        work_dir.mkdir(parents=True, exist_ok=True)
-        spec = self._runner_spec(job, run_id, str(work_dir), token, key_id, secret, applications)
+            return PreparedRun(job.job_id, failure=exc.message)
+        now = time.time()
+        run_id, token, key = new_run_id(now), secrets.token_urlsafe(32), credentials.new_key("ORMJ")
+        work_dir = _make_run_dir(self.jobs_dir / job.job_id, run_id.replace(":", "-"))
+        spec = self._runner_spec(job, run_id, str(work_dir), token, key[0], key[1], applications)
         (work_dir / "spec.json").write_text(json.dumps(spec, indent=1))
-        job.run_id, job.runner_token_hash, job.work_dir = run_id, jobs.token_hash(token), str(work_dir)
-        job.access_key_id, job.runner_handle, job.last_report_seq = key_id, STARTING, -1
+        return PreparedRun(job.job_id, run_id=run_id, token=token, key=key, work_dir=work_dir)
+
+    def _admit(self, session, run: PreparedRun) -> str:
+        """Commit a prepared run: the job moves from Pending to Preparing (or fails); ADMITTED, FAILED, or
+        SKIPPED when the job stopped waiting meanwhile. Two prepared statements and the key's INSERT."""
+        job = store.admission_job(session, run.job_id)
+        if job is None or not _admissible(job):
+            return SKIPPED
+        now = time.time()
+        if run.failure is not None:
+            jobs.finish_job(job, "Failed", "ResourceNotFound", run.failure, now)
+            store.save_admission(session, job)
+            return FAILED
+        credentials.store_key(session, job.account_id, f"job:{job.arn}", run.key)
+        job.run_id, job.work_dir = run.run_id, str(run.work_dir)
+        job.runner_token_hash = jobs.token_hash(run.token)
+        job.access_key_id, job.runner_handle, job.last_report_seq = run.key[0], STARTING, -1
         job.status, job.last_updated_at = "Preparing", now
-        return str(work_dir)
+        store.save_admission(session, job)
+        return ADMITTED
 
     def _start_runners(self, admitted: list[tuple[str, str]]) -> None:
         handles: dict[str, tuple[str, float]] = {}
@@ -149,7 +202,7 @@ class SimulationJobController(Controller):
             handles[job_id] = (handle, time.time())
         if not handles:
             return
-        with self.platform.db.transaction() as session:
+        with self.platform.db.write() as session:  # prepared statements only
             for job_id, (handle, started_at) in handles.items():
                 self._record_handle(session, job_id, handle, started_at)
         for job_id, (handle, _) in handles.items():
@@ -168,7 +221,7 @@ class SimulationJobController(Controller):
             "region": job.region,
             "workDir": work_dir,
             "cacheDir": str(self.cache_dir),
-            "objectStore": settings.resolved_object_store.to_dict(),
+            "objectStore": dict(self.object_store),
             "controlPlane": {"url": settings.base_url, "token": token},
             "apiEndpoint": {
                 "url": settings.base_url,
@@ -248,6 +301,17 @@ class SimulationJobController(Controller):
             credentials.revoke(session, f"job:{job.arn}")
         log.warning("job %s: runner %s is gone; job settled", job_id, handle)
         self.platform.notify("simulation_batches")
+
+
+def _make_run_dir(job_dir: Path, run_name: str) -> Path:
+    """A new run's directory: two mkdirs (`parents=True` first fails on the missing job directory)."""
+    try:
+        job_dir.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        job_dir.mkdir(parents=True, exist_ok=True)  # the jobs directory itself, on the first run
+    work_dir = job_dir / run_name
+    work_dir.mkdir(exist_ok=True)
+    return work_dir
 
 
 def _read_final_report(work_dir: str | None) -> dict | None:

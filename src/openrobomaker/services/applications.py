@@ -390,13 +390,46 @@ def application_exists(platform: Any, ctx: RequestContext, kind: Kind, arn: str)
 
 
 def resolve_for_use(
-    platform: Any, ctx: RequestContext, kind: Kind, arn: str, version: str, field: str
+    platform: Any,
+    ctx: RequestContext,
+    kind: Kind,
+    arn: str,
+    version: str,
+    field: str,
+    *,
+    cache: dict[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
-    """An application version as a job or deployment will run it: name, arn, version and its spec."""
-    with platform.db.read() as session:
-        app_row = _find_application(session, ctx, kind, arn, field)
-        version_row = _find_version(session, app_row, version, field)
-        return {"name": app_row.name, "arn": app_row.arn, "version": version, "spec": dict(version_row.spec)}
+    """An application version as a job or deployment will run it: name, arn, version and its spec.
+
+    `cache` is one controller pass's memo: each (arn, version) is read from the store once per pass, not
+    once per job naming it (a batch's members usually all name the same applications). Ownership and the
+    caller's own error messages are still checked per call. The spec is shared by the callers of a pass:
+    read it, do not change it."""
+    owned_arn(ctx, arn, kind.arn_type, field)
+    key = (arn, version)
+    found = cache.get(key, _UNREAD) if cache is not None else _UNREAD
+    if found is _UNREAD:
+        found = _read_for_use(platform, arn, version)
+        if cache is not None:
+            cache[key] = found
+    if found is None or (found is not _NO_VERSION and found.kind != kind.name):
+        raise ResourceNotFound(f"{field}: {kind.arn_type} {arn} not found")
+    if found is _NO_VERSION:
+        raise ResourceNotFound(f"{field}: version {version} of {arn} not found")
+    return {"name": found.name, "arn": found.arn, "version": version, "spec": dict(found.spec)}
+
+
+_UNREAD = object()
+_NO_VERSION = object()  # the application exists, the version does not
+
+
+def _read_for_use(platform: Any, arn: str, version: str) -> Any:
+    """The version's row (one prepared statement), None if no such application, or _NO_VERSION."""
+    with platform.db.reader() as connection:
+        row = store.describe_row(connection, arn, version)
+        if row is not None:
+            return row
+        return _NO_VERSION if store.application_identity(connection, arn) is not None else None
 
 
 # --- registration: the two kinds share the rules above -----------------------------------------------

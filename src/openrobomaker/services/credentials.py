@@ -8,26 +8,29 @@ from typing import Any
 
 from openrobomaker.services.identities import Secret, register_minted_lookup
 from openrobomaker.store import credentials as store
+from openrobomaker.store import simulation_jobs as keys  # the prepared mint/revoke statements (see there)
 
 
 def mint(session, account_id: str, principal: str, prefix: str) -> tuple[str, str]:
     """A new key pair for `principal`, valid until revoked. Returns (access key id, secret)."""
-    access_key_id = prefix + secrets.token_hex(8).upper()
-    secret = secrets.token_urlsafe(30)
-    session.add(
-        store.MintedCredentialRow(
-            access_key_id=access_key_id,
-            secret_access_key=secret,
-            account_id=account_id,
-            principal=principal,
-            created_at=time.time(),
-        )
-    )
-    return access_key_id, secret
+    key = new_key(prefix)
+    store_key(session, account_id, principal, key)
+    return key
+
+
+def new_key(prefix: str) -> tuple[str, str]:
+    """A key pair not stored yet (`store_key` makes it valid): (access key id, secret)."""
+    return prefix + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+
+
+def store_key(session, account_id: str, principal: str, key: tuple[str, str]) -> None:
+    # One prepared INSERT, written at once (not at the ORM's flush): every job run mints a key.
+    keys.insert_minted_key(session, key[0], key[1], account_id, principal, time.time())
 
 
 def revoke(session, principal: str) -> None:
-    store.revoke_for_principal(session, principal, time.time())
+    """Every unrevoked key of `principal` stops working (one prepared UPDATE: every job end revokes)."""
+    keys.revoke_minted_keys(session, principal, time.time())
 
 
 def _lookup(platform: Any, access_key_id: str) -> Secret | None:

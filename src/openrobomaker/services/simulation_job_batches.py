@@ -33,6 +33,7 @@ from openrobomaker.services.errors import (
 from openrobomaker.services.pagination import decode_token, exact_filters, filtered_scope, page, page_size
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_job_batches as store
+from openrobomaker.store import simulation_jobs as job_store
 from openrobomaker.store.simulation_job_batches import CREATED, DROPPED, FAILED, PENDING
 
 log = logging.getLogger("openrobomaker.services.simulation_job_batches")
@@ -98,11 +99,15 @@ def job_params(request: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def validate_request(platform: Any, ctx: RequestContext, request: dict[str, Any]) -> dict[str, Any]:
-    """What CreateSimulationJob would check of this request; returns the job definition or raises."""
+def validate_request(
+    platform: Any, ctx: RequestContext, request: dict[str, Any], *, cache: dict | None = None
+) -> dict[str, Any]:
+    """What CreateSimulationJob would check of this request; returns the job definition or raises.
+
+    `cache`: one pass's memo of the application versions read (see `applications.resolve_for_use`)."""
     params = job_params(request)
     tag_rules.checked_tags(params.get("tags") or {}, "tags")
-    return jobs.build_definition(platform, ctx, params)
+    return jobs.build_definition(platform, ctx, params, cache=cache)
 
 
 def _failure_of(error: Exception) -> tuple[str, str]:
@@ -112,10 +117,12 @@ def _failure_of(error: Exception) -> tuple[str, str]:
     return INTERNAL_ERROR, "An internal error occurred while processing this request."
 
 
-def check_request(platform: Any, ctx: RequestContext, request: dict[str, Any]) -> tuple[str, str] | None:
+def check_request(
+    platform: Any, ctx: RequestContext, request: dict[str, Any], cache: dict | None = None
+) -> tuple[str, str] | None:
     """None when the request is valid, else its (failureCode, failureReason)."""
     try:
-        validate_request(platform, ctx, request)
+        validate_request(platform, ctx, request, cache=cache)
     except Exception as exc:  # every failure of one request is reported on that request alone
         return _failure_of(exc)
     return None
@@ -243,7 +250,8 @@ def start_simulation_job_batch(platform: Any, ctx: RequestContext, params: dict[
     policy = batch_policy(params)
     batch_tags = tag_rules.checked_tags(params.get("tags") or {})
     requests = params["createSimulationJobRequests"]
-    failures = [check_request(platform, ctx, request) for request in requests]
+    resolved: dict = {}  # a batch's requests usually name the same applications: read each once
+    failures = [check_request(platform, ctx, request, resolved) for request in requests]
     with platform.db.transaction() as session:
         replayed = _replay(session, ctx, token, fingerprint)
         if replayed is not None:
@@ -413,19 +421,8 @@ def start_timeout(session, batch: store.SimulationJobBatchRow, now: float) -> bo
 # --- turning pending requests into member jobs ------------------------------------------------------------
 
 
-def next_pending(session, batch: store.SimulationJobBatchRow, count: int, now: float) -> list[int]:
-    """Positions of the next `count` pending requests due for an attempt, in request order."""
-    return store.due_pending_positions(
-        session,
-        batch.batch_id,
-        count,
-        backoff_code=INTERNAL_ERROR,
-        tried_before=now - RETRY_INTERNAL_ERROR_AFTER_SECONDS,
-    )
-
-
 def _record_attempt_failure(
-    batch: store.SimulationJobBatchRow, row: store.BatchRequestRow, error: Exception, now: float
+    batch: store.SimulationJobBatchRow | MemberPass, row: Any, error: Exception, now: float
 ) -> None:
     code, reason = _failure_of(error)
     row.attempts += 1
@@ -438,69 +435,111 @@ def _record_attempt_failure(
         batch.last_updated_at = now
 
 
-def _definitions(platform: Any, batch, positions: list[int], requests: dict[int, dict]) -> dict[int, Any]:
-    """Each request validated again (what it names may have changed since the start): definition or error."""
-    ctx = batch_context(batch)
+class MemberPass:
+    """The batch as one member-creating pass reads and changes it (status, last_updated_at)."""
+
+    def __init__(self, batch_id: str, row: Any):
+        self.batch_id = batch_id
+        self.arn, self.account_id, self.region = row.arn, row.account_id, row.region
+        self.status, self.max_concurrency = row.status, row.max_concurrency
+        self.last_updated_at: float | None = None  # set when the pass changes something
+
+
+class PassRequest:
+    """A pending request's columns a pass may change; `save_request` writes them back."""
+
+    def __init__(self, attempts: int):
+        self.state, self.job_arn, self.attempts = PENDING, None, attempts
+        self.failure_code = self.failure_reason = self.failed_at = self.updated_at = None
+
+    def values(self) -> dict[str, Any]:
+        names = ("state", "job_arn", "attempts", "failure_code", "failure_reason", "failed_at", "updated_at")
+        return {name: getattr(self, name) for name in names}
+
+
+def _definitions(
+    platform: Any, ctx: RequestContext, requests: dict[int, dict], resolved: dict
+) -> dict[int, Any]:
+    """Each request validated again (what it names may have changed since the start): definition or error.
+    `resolved` reads each application version once for the whole pass."""
     results: dict[int, Any] = {}
-    for position in positions:
+    for position, request in requests.items():
         try:
-            results[position] = validate_request(platform, ctx, requests[position])
+            results[position] = validate_request(platform, ctx, request, cache=resolved)
         except Exception as exc:  # recorded on the request, never fatal to the batch's other requests
             results[position] = exc
     return results
 
 
-def create_members(platform: Any, batch_id: str, positions: list[int]) -> int:
-    """Turn these pending requests into member jobs while the batch has room; returns how many were made.
+def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:
+    """Turn up to `room` due pending requests into member jobs while the batch has room; returns how many
+    were made.
 
     The job row and the request's move to `created` commit together, so a crash leaves either both or
-    neither: a restarted controller never loses nor duplicates a member."""
-    with platform.db.read() as session:
-        batch = store.get_batch(session, batch_id)
-        if batch is None or batch.status not in DRIVING_STATUSES:
+    neither: a restarted controller never loses nor duplicates a member. Prepared statements throughout
+    (see store): a batch of hundreds of one-second jobs runs this pass for every member."""
+    with platform.db.reader() as connection:
+        row = store.pass_batch(connection, batch_id)
+        if row is None or row.status not in DRIVING_STATUSES:
             return 0
-        requests = {
-            r.position: r.request
-            for r in store.requests_at(session, batch_id, positions)
-            if r.state == PENDING
-        }
-    positions = [p for p in positions if p in requests]
-    results = _definitions(platform, batch, positions, requests)
-    made = 0
+        due = store.due_pending_requests(
+            connection,
+            batch_id,
+            room,
+            backoff_code=INTERNAL_ERROR,
+            tried_before=now - RETRY_INTERNAL_ERROR_AFTER_SECONDS,
+        )
+    if not due:
+        return 0
+    requests = {position: request for position, request in due}
+    ctx = RequestContext(account_id=row.account_id, region=row.region)
+    results = _definitions(platform, ctx, requests, {})
     now = time.time()
     with platform.db.transaction() as session:
-        batch = store.get_batch(session, batch_id, for_update=True)
-        if batch is None or batch.status not in DRIVING_STATUSES:
-            return 0
-        room = batch.max_concurrency - store.count_active_members(session, batch.arn)
-        for position in positions:
-            row = store.get_request(session, batch_id, position, for_update=True)
-            if row is None or row.state != PENDING:
-                continue
-            result = results[position]
-            if isinstance(result, Exception):
-                _record_attempt_failure(batch, row, result, now)
-                continue
-            if room <= 0:
-                break
-            if not _insert_member(session, platform, batch, row, result, now):
+        return _create_in_transaction(session, platform, batch_id, requests, results, now)
+
+
+def _create_in_transaction(
+    session, platform: Any, batch_id: str, requests: dict[int, dict], results: dict[int, Any], now: float
+) -> int:
+    row = store.locked_pass_batch(session, batch_id)
+    if row is None or row.status not in DRIVING_STATUSES:
+        return 0
+    batch = MemberPass(batch_id, row)
+    ctx = batch_context(batch)
+    room = batch.max_concurrency - store.active_member_count(session, batch.arn)
+    # The account's job quota, counted once: this transaction is the only one adding jobs meanwhile
+    # (SQLite: the writer lock; PostgreSQL: as CreateSimulationJob's own count-then-insert).
+    active_jobs: int | None = None
+    still_pending = store.pending_attempts(session, batch_id, min(requests), max(requests))
+    made = 0
+    for position, request in requests.items():
+        if position not in still_pending:
+            continue  # created, failed or dropped since the read
+        result, pending = results[position], PassRequest(still_pending[position])
+        if isinstance(result, Exception):
+            _record_attempt_failure(batch, pending, result, now)
+        elif room <= 0:
+            break
+        else:
+            if active_jobs is None:
+                active_jobs = job_store.count_active(session, ctx.account_id, ctx.region)
+            try:
+                jobs.check_job_quota(platform, active_jobs)
+            except LimitExceeded as exc:
+                _record_attempt_failure(batch, pending, exc, now)
+                store.save_request(session, batch_id, position, pending.values())
                 break  # the account's job quota is full: later requests would fail the same way
-            room -= 1
-            made += 1
-        settle(session, batch, now)
+            job_arn = jobs.insert_member_job(session, ctx, job_params(request), result, batch.arn)
+            pending.state, pending.job_arn, pending.updated_at = CREATED, job_arn, now
+            batch.status, batch.last_updated_at = "InProgress", now
+            room, made, active_jobs = room - 1, made + 1, active_jobs + 1
+        store.save_request(session, batch_id, position, pending.values())
+    if batch.last_updated_at is not None:
+        store.save_batch_status(session, batch_id, batch.status, batch.last_updated_at)
+    if not store.any_pending(session, batch_id):
+        # Nothing left pending (rare: once per batch): the ORM's settle decides Completing or the end.
+        locked = store.get_batch(session, batch_id, for_update=True)
+        if locked is not None:
+            settle(session, locked, now)
     return made
-
-
-def _insert_member(session, platform: Any, batch, row: store.BatchRequestRow, definition, now: float) -> bool:
-    try:
-        job = jobs.insert_job(
-            session, platform, batch_context(batch), job_params(row.request), definition, batch_arn=batch.arn
-        )
-    except LimitExceeded as exc:
-        _record_attempt_failure(batch, row, exc, now)
-        return False
-    row.state, row.job_arn, row.updated_at = CREATED, job.arn, now
-    row.failure_code = row.failure_reason = row.failed_at = None
-    set_status(batch, "InProgress", now)
-    batch.last_updated_at = now
-    return True

@@ -76,12 +76,12 @@ def _x86_source(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _resolve_app_config(
-    platform: Any, ctx: RequestContext, kind, config: dict[str, Any], field: str
+    platform: Any, ctx: RequestContext, kind, config: dict[str, Any], field: str, cache: dict | None
 ) -> tuple[dict, dict]:
     """The config as Describe echoes it, and what the runner needs of the application."""
     version = config.get("applicationVersion") or "$LATEST"
     resolved = applications.resolve_for_use(
-        platform, ctx, kind, config["application"], version, f"{field}.application"
+        platform, ctx, kind, config["application"], version, f"{field}.application", cache=cache
     )
     spec = resolved["spec"]
     if "sources" in spec and _x86_source(spec) is None:
@@ -113,8 +113,12 @@ def _resolve_data_sources(platform: Any, sources: list[dict[str, Any]]) -> list[
     return resolved
 
 
-def build_definition(platform: Any, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate a CreateSimulationJob request beyond its shapes and resolve what it names."""
+def build_definition(
+    platform: Any, ctx: RequestContext, params: dict[str, Any], *, cache: dict | None = None
+) -> dict[str, Any]:
+    """Validate a CreateSimulationJob request beyond its shapes and resolve what it names.
+
+    `cache`: see `applications.resolve_for_use` (a batch pass validates many requests naming the same apps)."""
     if not params.get("robotApplications") and not params.get("simulationApplications"):
         raise InvalidParameter(
             "robotApplications, simulationApplications: a job needs at least one application"
@@ -136,7 +140,8 @@ def build_definition(platform: Any, ctx: RequestContext, params: dict[str, Any])
     for list_key, kind in (("robotApplications", ROBOT), ("simulationApplications", SIMULATION)):
         configs = []
         for index, config in enumerate(params.get(list_key) or [], start=1):
-            echoed, app = _resolve_app_config(platform, ctx, kind, config, f"{list_key}.{index}.member")
+            field = f"{list_key}.{index}.member"
+            echoed, app = _resolve_app_config(platform, ctx, kind, config, field, cache)
             configs.append(echoed)
             definition["_apps"].append({**app, "kind": kind.name})
         if configs:
@@ -197,6 +202,45 @@ def _replay(session, ctx: RequestContext, token: str | None, fingerprint: str) -
     return job_view(previous, tag_rules.load_tags(session, previous.arn))
 
 
+def check_job_quota(platform: Any, active_jobs: int) -> None:
+    """LimitExceeded when the account already has its quota of active jobs (`active_jobs` of them)."""
+    quota = platform.settings.limits.concurrent_simulation_jobs
+    if active_jobs >= quota:
+        raise LimitExceeded(
+            f"the account already has {quota} active simulation jobs (concurrent_simulation_jobs)"
+        )
+
+
+def new_job_values(
+    ctx: RequestContext,
+    params: dict[str, Any],
+    definition: dict[str, Any],
+    batch_arn: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """The columns of a new Pending job."""
+    job_id = random_id("sim-")
+    return {
+        "job_id": job_id,
+        "arn": build_arn(ctx, "simulation-job", job_id),
+        "account_id": ctx.account_id,
+        "region": ctx.region,
+        "status": "Pending",
+        "client_request_token": params.get("clientRequestToken"),
+        "request_fingerprint": _fingerprint(params),
+        "definition": definition,
+        "simulation_units": definition["compute"]["simulationUnitLimit"],
+        "batch_arn": batch_arn,
+        "created_at": now,
+        "last_updated_at": now,
+        "simulation_time_millis": 0,
+        "desired": "run",
+        "restart_generation": 0,
+        "restart_acknowledged": 0,
+        "last_report_seq": -1,
+    }
+
+
 def insert_job(
     session,
     platform: Any,
@@ -207,35 +251,21 @@ def insert_job(
     batch_arn: str | None = None,
 ) -> store.SimulationJobRow:
     """Add a Pending job (the caller's transaction); enforces the account's concurrent-job quota."""
-    quota = platform.settings.limits.concurrent_simulation_jobs
-    if store.count_active(session, ctx.account_id, ctx.region) >= quota:
-        raise LimitExceeded(
-            f"the account already has {quota} active simulation jobs (concurrent_simulation_jobs)"
-        )
-    job_id = random_id("sim-")
-    now = time.time()
-    job = store.SimulationJobRow(
-        job_id=job_id,
-        arn=build_arn(ctx, "simulation-job", job_id),
-        account_id=ctx.account_id,
-        region=ctx.region,
-        status="Pending",
-        client_request_token=params.get("clientRequestToken"),
-        request_fingerprint=_fingerprint(params),
-        definition=definition,
-        simulation_units=definition["compute"]["simulationUnitLimit"],
-        batch_arn=batch_arn,
-        created_at=now,
-        last_updated_at=now,
-        simulation_time_millis=0,
-        desired="run",
-        restart_generation=0,
-        restart_acknowledged=0,
-        last_report_seq=-1,
-    )
+    check_job_quota(platform, store.count_active(session, ctx.account_id, ctx.region))
+    job = store.SimulationJobRow(**new_job_values(ctx, params, definition, batch_arn, time.time()))
     session.add(job)
     tag_rules.store_tags(session, job.arn, tag_rules.checked_tags(params.get("tags") or {}))
     return job
+
+
+def insert_member_job(
+    session, ctx: RequestContext, params: dict[str, Any], definition: dict[str, Any], batch_arn: str
+) -> str:
+    """Add a batch's Pending member job in one prepared INSERT (the caller checked the quota); its ARN."""
+    values = new_job_values(ctx, params, definition, batch_arn, time.time())
+    store.insert_job_row(session, values)
+    tag_rules.store_tags(session, values["arn"], tag_rules.checked_tags(params.get("tags") or {}))
+    return values["arn"]
 
 
 @operation("CreateSimulationJob")
@@ -331,6 +361,7 @@ def cancel_simulation_job(platform: Any, ctx: RequestContext, params: dict[str, 
         job = _owned_job(session, ctx, params["job"])
         request_cancel(job)
     platform.notify("simulation_jobs")
+    platform.notify("simulation_batches")  # a batch member without a runner ends at once: a free slot
     return {}
 
 
@@ -419,31 +450,63 @@ def _action_for(job: store.SimulationJobRow | store.ReportJob) -> str:
     return "none"
 
 
+# A report that changes nothing but the time the runner was last heard from is not written when the job
+# was heard from this recently (its runner's start or an earlier report): the first report, Preparing,
+# arrives just after the runner starts. Liveness stays far fresher than SILENT_AFTER_SECONDS (10 s):
+# runners report every 3 s, so every later heartbeat is written.
+HEARD_RECENTLY_SECONDS = 1.5
+_HEARTBEAT_COLUMNS = {"last_report_at", "last_report_seq"}
+
+
+def _check_runner(job: store.ReportJob | None, job_id: str, token: str) -> store.ReportJob:
+    if (
+        job is None
+        or not job.runner_token_hash
+        or not hmac.compare_digest(job.runner_token_hash, token_hash(token))
+    ):
+        raise RunnerAuthError(job_id)
+    return job
+
+
+def _apply_runner_report(job: store.ReportJob, report: dict[str, Any], now: float) -> tuple[str, bool]:
+    """The report's effect on `job` (in memory): the answer's action, and whether the job ended."""
+    seq = int(report.get("seq", 0))
+    job.last_report_at = now
+    if seq > job.last_report_seq:
+        job.last_report_seq = seq
+        _apply_report(job, report, now)
+    finished = job.status in TERMINAL_STATUSES
+    return ("none" if finished else _action_for(job)), finished
+
+
+def _answer_without_writing(job: store.ReportJob, report: dict[str, Any], now: float) -> dict | None:
+    """The answer to a report that needs no write (a stale run, an ended job, a heartbeat just after
+    the job was last heard from), from a read outside any transaction; None when it must be written."""
+    if report.get("runId") != job.run_id or job.status in TERMINAL_STATUSES:
+        return {"action": "cancel"}
+    heard = max(job.last_report_at or 0.0, job.runner_started_at or 0.0)
+    action, finished = _apply_runner_report(job, report, now)
+    if finished or store.report_changes(job) - _HEARTBEAT_COLUMNS or now - heard > HEARD_RECENTLY_SECONDS:
+        return None
+    return {"action": action}
+
+
 def record_runner_report(platform: Any, job_id: str, token: str, report: dict[str, Any]) -> dict[str, Any]:
     """Apply one runner report; the answer tells the runner what the user wants next."""
     now = time.time()
-    with platform.db.transaction() as session:
+    with platform.db.reader() as connection:
+        peeked = store.peek_report_job(connection, job_id)
+    answer = _answer_without_writing(_check_runner(peeked, job_id, token), report, now)
+    if answer is not None:
+        return answer
+    with platform.db.write() as session:  # prepared statements only: no ORM Session needed
         # The report's columns only (not the ORM row with its JSON definition): see store.report_job.
-        job = store.report_job(session, job_id)
-        if (
-            job is None
-            or not job.runner_token_hash
-            or not hmac.compare_digest(job.runner_token_hash, token_hash(token))
-        ):
-            raise RunnerAuthError(job_id)
+        job = _check_runner(store.report_job(session, job_id), job_id, token)
         if report.get("runId") != job.run_id or job.status in TERMINAL_STATUSES:
             return {"action": "cancel"}
-        seq = int(report.get("seq", 0))
-        job.last_report_at = now
-        if seq > job.last_report_seq:
-            job.last_report_seq = seq
-            _apply_report(job, report, now)
-        if job.status in TERMINAL_STATUSES:
+        action, finished = _apply_runner_report(job, report, now)
+        if finished:
             credentials.revoke(session, f"job:{job.arn}")
-            finished = True
-        else:
-            finished = False
-        action = "none" if finished else _action_for(job)
         store.save_report_job(session, job)
     if finished:
         platform.notify("simulation_jobs")
@@ -460,8 +523,12 @@ def apply_final_report(job: store.SimulationJobRow, report: dict[str, Any], now:
     _apply_report(job, {**report, "phase": "Finished"}, now)
 
 
-def plan_applications(platform: Any, job: store.SimulationJobRow) -> list[dict[str, Any]]:
-    """What each application runs now: `$LATEST` resolves at use time, numbered versions pin an ETag."""
+def plan_applications(
+    platform: Any, job: store.SimulationJobRow | store.AdmissionJob, *, cache: dict | None = None
+) -> list[dict[str, Any]]:
+    """What each application runs now: `$LATEST` resolves at use time, numbered versions pin an ETag.
+
+    `cache`: one admission pass's memo (see `applications.resolve_for_use`)."""
     ctx = RequestContext(account_id=job.account_id, region=job.region)
     planned = []
     configs = [("robot", c) for c in job.definition.get("robotApplications", [])]
@@ -470,7 +537,7 @@ def plan_applications(platform: Any, job: store.SimulationJobRow) -> list[dict[s
         kind = ROBOT if kind_name == "robot" else SIMULATION
         version = config["applicationVersion"]
         resolved = applications.resolve_for_use(
-            platform, ctx, kind, config["application"], version, "application"
+            platform, ctx, kind, config["application"], version, "application", cache=cache
         )
         spec = resolved["spec"]
         source = _x86_source(spec)

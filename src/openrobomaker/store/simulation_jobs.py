@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text, bindparam, func, select, text, update
+from sqlalchemy import JSON, Float, Integer, String, Text, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
+from openrobomaker.store.credentials import MintedCredentialRow
 from openrobomaker.store.db import execute_in_transaction
 
 ACTIVE_STATUSES = ("Pending", "Preparing", "Running", "Restarting", "RunningFailed", "Terminating")
@@ -79,18 +80,8 @@ def job_by_token(session: Session, account_id: str, region: str, token: str) -> 
 
 
 def count_active(session: Session, account_id: str, region: str) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(SimulationJobRow)
-            .where(
-                SimulationJobRow.account_id == account_id,
-                SimulationJobRow.region == region,
-                SimulationJobRow.status.in_(ACTIVE_STATUSES),
-            )
-        )
-        or 0
-    )
+    rows = execute_in_transaction(session, _COUNT_ACTIVE, {"account_id": account_id, "region": region})
+    return rows[0][0] if rows else 0
 
 
 def list_jobs(
@@ -110,6 +101,18 @@ def sql_in_list(column: str, values: tuple[str, ...]) -> str:
     An IN with bound values compiles to an expanding parameter, which `Database.reader()` cannot prepare."""
     assert all(value.isalpha() for value in values)
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+# The account's active jobs (its job quota), checked on every job created: prepared once.
+_COUNT_ACTIVE = (
+    select(func.count().label("active"))
+    .select_from(SimulationJobRow)
+    .where(
+        SimulationJobRow.account_id == bindparam("account_id"),
+        SimulationJobRow.region == bindparam("region"),
+        text(sql_in_list("simulation_jobs.status", ACTIVE_STATUSES)),
+    )
+)
 
 
 # The controller's per-pass snapshot: only the columns it decides on, as flat rows. It runs on every pass
@@ -142,7 +145,15 @@ def active_job_states(connection: Session | Connection) -> list[Row]:
 # are compiled once and, on SQLite, run on the transaction's own sqlite3 connection.
 
 # The columns a report reads; the ones after `_REPORT_KEYS` are the ones it may change.
-_REPORT_KEYS = ("arn", "runner_token_hash", "run_id", "desired", "cancel_code", "restart_generation")
+_REPORT_KEYS = (
+    "arn",
+    "runner_token_hash",
+    "run_id",
+    "desired",
+    "cancel_code",
+    "restart_generation",
+    "runner_started_at",
+)
 _REPORT_CHANGING = (
     "status",
     "failure_code",
@@ -159,6 +170,9 @@ _REPORT_READ = (
     select(*(getattr(SimulationJobRow, name) for name in _REPORT_KEYS + _REPORT_CHANGING))
     .where(SimulationJobRow.job_id == bindparam("job_id"))
     .with_for_update()  # PostgreSQL: the job stays locked until the report commits (SQLite: no-op)
+)
+_REPORT_PEEK = select(*(getattr(SimulationJobRow, name) for name in _REPORT_KEYS + _REPORT_CHANGING)).where(
+    SimulationJobRow.job_id == bindparam("job_id")
 )
 _REPORT_SAVE = (
     update(SimulationJobRow)
@@ -184,6 +198,22 @@ class ReportJob:
 def report_job(session: Session, job_id: str) -> ReportJob | None:
     rows = execute_in_transaction(session, _REPORT_READ, {"job_id": job_id})
     return ReportJob(job_id, rows[0]) if rows else None
+
+
+def peek_report_job(connection: Session | Connection, job_id: str) -> ReportJob | None:
+    """The same columns, read outside any transaction (a reader's statement): to answer a report that
+    changes nothing without a write transaction."""
+    row = connection.execute(_REPORT_PEEK, {"job_id": job_id}).first()
+    return ReportJob(job_id, row) if row is not None else None
+
+
+def report_changes(job: ReportJob) -> set[str]:
+    """The columns a report changed on `job` so far."""
+    return {
+        name
+        for name, old, new in zip(_REPORT_CHANGING, job._saved, job._changing(), strict=True)
+        if old != new
+    }
 
 
 def save_report_job(session: Session, job: ReportJob) -> None:
@@ -214,3 +244,125 @@ def record_runner_handle(
     """Set the runner's handle and start time if the job's handle is still `expected`."""
     params = {"key_job_id": job_id, "expected_handle": expected, "handle": handle, "started_at": started_at}
     execute_in_transaction(session, _RECORD_HANDLE, params)
+
+
+# --- new jobs and admissions without the ORM (a batch creates and admits hundreds of jobs) ----------------
+
+_NEW_JOB_COLUMNS = (
+    "job_id",
+    "arn",
+    "account_id",
+    "region",
+    "status",
+    "client_request_token",
+    "request_fingerprint",
+    "definition",
+    "simulation_units",
+    "batch_arn",
+    "created_at",
+    "last_updated_at",
+    "simulation_time_millis",
+    "desired",
+    "restart_generation",
+    "restart_acknowledged",
+    "last_report_seq",
+)
+_INSERT_JOB = insert(SimulationJobRow).values({name: bindparam(name) for name in _NEW_JOB_COLUMNS})
+
+
+def insert_job_row(session: Session, values: dict[str, Any]) -> None:
+    """One prepared INSERT of a new job (`values` has exactly `_NEW_JOB_COLUMNS`)."""
+    execute_in_transaction(session, _INSERT_JOB, values)
+
+
+# What admission reads of a job, and the columns it may change (the ORM row, identity map and flush cost
+# more than the admission itself).
+_ADMISSION_KEYS = ("arn", "account_id", "region", "desired", "definition")
+_ADMISSION_CHANGING = (
+    "status",
+    "failure_code",
+    "failure_reason",
+    "last_updated_at",
+    "runner_handle",
+    "run_id",
+    "runner_token_hash",
+    "work_dir",
+    "access_key_id",
+    "last_report_seq",
+)
+_ADMISSION_READ = (
+    select(*(getattr(SimulationJobRow, name) for name in _ADMISSION_KEYS + _ADMISSION_CHANGING))
+    .where(SimulationJobRow.job_id == bindparam("job_id"))
+    .with_for_update()  # PostgreSQL: locked until the admission commits (SQLite: the writer lock)
+)
+_ADMISSION_PEEK = select(
+    *(getattr(SimulationJobRow, name) for name in _ADMISSION_KEYS + _ADMISSION_CHANGING)
+).where(SimulationJobRow.job_id == bindparam("job_id"))
+_ADMISSION_SAVE = (
+    update(SimulationJobRow)
+    .where(SimulationJobRow.job_id == bindparam("key_job_id"))
+    .values({name: bindparam(name) for name in _ADMISSION_CHANGING})
+)
+
+
+class AdmissionJob:
+    """The columns admission reads and may change, named as on SimulationJobRow (so `finish_job` and
+    `plan_applications` apply to either)."""
+
+    def __init__(self, job_id: str, row: Any):
+        self.job_id = job_id
+        for name, value in zip(_ADMISSION_KEYS + _ADMISSION_CHANGING, row, strict=True):
+            setattr(self, name, value)
+
+
+def peek_admission_job(connection: Session | Connection, job_id: str) -> AdmissionJob | None:
+    """The same columns, read outside any transaction (a reader's statement) to prepare the run."""
+    row = connection.execute(_ADMISSION_PEEK, {"job_id": job_id}).first()
+    return AdmissionJob(job_id, row) if row is not None else None
+
+
+def admission_job(session: Session, job_id: str) -> AdmissionJob | None:
+    rows = execute_in_transaction(session, _ADMISSION_READ, {"job_id": job_id})
+    return AdmissionJob(job_id, rows[0]) if rows else None
+
+
+def save_admission(session: Session, job: AdmissionJob) -> None:
+    """Write what admission decided (a started run, or the job failed): one UPDATE by primary key."""
+    params = {name: getattr(job, name) for name in _ADMISSION_CHANGING}
+    execute_in_transaction(session, _ADMISSION_SAVE, params | {"key_job_id": job.job_id})
+
+
+# --- a job run's minted API key: prepared statements on the hot path (see services/credentials.py) -------
+# They belong with MintedCredentialRow in store/credentials.py; they live here until that file moves them.
+
+_MINT_KEY = insert(MintedCredentialRow).values(
+    access_key_id=bindparam("access_key_id"),
+    secret_access_key=bindparam("secret_access_key"),
+    account_id=bindparam("account_id"),
+    principal=bindparam("principal"),
+    created_at=bindparam("created_at"),
+)
+_REVOKE_KEYS = (
+    update(MintedCredentialRow)
+    .where(
+        MintedCredentialRow.principal == bindparam("key_principal"), MintedCredentialRow.revoked_at.is_(None)
+    )
+    .values(revoked_at=bindparam("revoked_at"))
+)
+
+
+def insert_minted_key(
+    session: Session, access_key_id: str, secret: str, account_id: str, principal: str, created_at: float
+) -> None:
+    params = {
+        "access_key_id": access_key_id,
+        "secret_access_key": secret,
+        "account_id": account_id,
+        "principal": principal,
+        "created_at": created_at,
+    }
+    execute_in_transaction(session, _MINT_KEY, params)
+
+
+def revoke_minted_keys(session: Session, principal: str, when: float) -> None:
+    execute_in_transaction(session, _REVOKE_KEYS, {"key_principal": principal, "revoked_at": when})

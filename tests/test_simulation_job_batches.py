@@ -368,12 +368,12 @@ def test_internal_errors_creating_members_are_retried_then_fail_the_batch(tmp_pa
     real_build = simulation_jobs.build_definition
     calls = {"flaky": 0}
 
-    def build_definition(platform_, ctx_, params):
+    def build_definition(platform_, ctx_, params, **options):
         if params["maxJobDurationInSeconds"] == 601:
             calls["flaky"] += 1
             if calls["flaky"] > 1:  # valid at the start, then the store "breaks" for this request
                 raise RuntimeError("disk on fire")
-        return real_build(platform_, ctx_, params)
+        return real_build(platform_, ctx_, params, **options)
 
     monkeypatch.setattr(simulation_jobs, "build_definition", build_definition)
     monkeypatch.setattr(service, "RETRY_INTERNAL_ERROR_AFTER_SECONDS", 0.0)
@@ -397,6 +397,283 @@ def test_internal_errors_creating_members_are_retried_then_fail_the_batch(tmp_pa
     assert batch["status"] == "Failed"
     assert batch["failureCode"] == "InternalServiceError"
     assert "internal error" in batch["failureReason"]
+    platform.db.dispose()
+
+
+class _NoProcesses:
+    """An executor whose runners exist only as handles: the test plays the runner and sends its reports."""
+
+    def start(self, job_id: str, run_id: str, spec_path: str, work_dir: str) -> str:
+        return f"test-runner-{job_id}"
+
+    def is_alive(self, handle: str) -> bool:
+        return True
+
+    def find_orphan(self, spec_path: str) -> None:
+        return None
+
+
+def _run_to_completion(platform, spec_path: Path) -> None:
+    """Report like a runner would (Preparing, Running, Terminating, Finished/Completed), from its spec."""
+    import json
+
+    from openrobomaker.services import simulation_jobs
+
+    spec = json.loads(spec_path.read_text())
+    token, run_id = spec["controlPlane"]["token"], spec["runId"]
+    for seq, phase in enumerate(("Preparing", "Running", "Terminating", "Finished")):
+        report = {"runId": run_id, "seq": seq, "phase": phase, "outcome": "Completed"}
+        answer = simulation_jobs.record_runner_report(platform, spec["jobId"], token, report)
+        assert answer == {"action": "none"}, (phase, answer)
+
+
+@idle_test
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_members_revalidated_admitted_and_ended_in_process(tmp_path, request, backend):
+    """In process, with both controllers driven by hand and the test playing the runners, on SQLite and
+    PostgreSQL: members are created within maxConcurrency, admitted with a minted key (revoked at the end),
+    and an application deleted after the batch started fails the requests naming it with ResourceNotFound
+    when their turn comes, and a job whose application is deleted before admission fails with
+    ResourceNotFound; the other members still run and the batch ends Completed."""
+    import json
+    import random
+
+    from helpers import find_postgres_bin
+    from openrobomaker.config import Limits, Settings
+    from openrobomaker.controllers.simulation_job_batches import SimulationJobBatchController
+    from openrobomaker.controllers.simulation_jobs import SimulationJobController
+    from openrobomaker.server import build_platform
+    from openrobomaker.services import applications, simulation_jobs
+    from openrobomaker.services import simulation_job_batches as service
+    from openrobomaker.services.context import RequestContext
+    from openrobomaker.store import credentials as credential_store
+
+    settings = Settings(data_dir=tmp_path, limits=Limits(simulation_units=100, concurrent_simulation_jobs=50))
+    if backend == "postgresql":
+        if find_postgres_bin() is None:
+            pytest.fail("PostgreSQL server binaries are missing (no /usr/lib/postgresql/*/bin/initdb)")
+        settings.database_url = request.getfixturevalue("postgres_url")
+    platform = build_platform(settings)
+    # An account of its own: a shared PostgreSQL keeps other tests' rows.
+    ctx = RequestContext(account_id=f"{random.randrange(10**11, 10**12)}", region="us-east-1")
+    platform.objects.create_bucket("bundles")
+    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
+
+    def app(name: str) -> dict:
+        return applications.create_application(
+            platform,
+            ctx,
+            applications.SIMULATION,
+            {
+                "name": f"{name}-{uuid.uuid4().hex[:8]}",
+                "robotSoftwareSuite": {"name": "General"},
+                "simulationSoftwareSuite": {"name": "SimulationRuntime"},
+                "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
+            },
+        )
+
+    def request_for(application: dict) -> dict:
+        launch = {"command": ["sleep", "1"]}
+        return {
+            "maxJobDurationInSeconds": 600,
+            "simulationApplications": [{"application": application["arn"], "launchConfig": launch}],
+            "compute": {"simulationUnitLimit": 1},
+        }
+
+    kept, doomed, early = app("kept"), app("doomed"), app("early")
+    requests = [request_for(kept)] * 3 + [request_for(doomed)] * 2
+    started = service.start_simulation_job_batch(
+        platform, ctx, {"createSimulationJobRequests": requests, "batchPolicy": {"maxConcurrency": 2}}
+    )
+    assert len(started["pendingRequests"]) == 5
+    batches = SimulationJobBatchController(platform)
+    job_controller = SimulationJobController(platform, _NoProcesses())
+
+    def describe() -> dict:
+        return service.describe_simulation_job_batch(platform, ctx, {"batch": started["arn"]})
+
+    batches.reconcile()
+    batch = describe()
+    assert (len(batch["createdRequests"]), len(batch["pendingRequests"])) == (2, 3)
+    assert batch["status"] == "InProgress"
+    # Deleted while its requests still wait for their turn.
+    applications.delete_application(platform, ctx, applications.SIMULATION, {"application": doomed["arn"]})
+
+    # A plain job whose application goes away before the job controller admits it.
+    orphan = simulation_jobs.create_simulation_job(platform, ctx, {**request_for(early), "iamRole": ROLE})
+    applications.delete_application(platform, ctx, applications.SIMULATION, {"application": early["arn"]})
+
+    finished: set[str] = set()
+    for _ in range(10):
+        job_controller.reconcile()
+        for member in describe()["createdRequests"]:
+            if member["arn"] in finished:
+                continue
+            job_id = member["arn"].rsplit("/", 1)[1]
+            (spec_path,) = (tmp_path / "jobs" / job_id).glob("*/spec.json")
+            key_id = json.loads(spec_path.read_text())["apiEndpoint"]["accessKeyId"]
+            with platform.db.read() as session:
+                assert credential_store.find_active(session, key_id) is not None
+            _run_to_completion(platform, spec_path)
+            with platform.db.read() as session:
+                assert credential_store.find_active(session, key_id) is None  # revoked with the job's end
+            finished.add(member["arn"])
+        batches.reconcile()
+        if describe()["status"] in TERMINAL:
+            break
+
+    batch = describe()
+    assert batch["status"] == "Completed"
+    assert [m["status"] for m in batch["createdRequests"]] == ["Completed"] * 3
+    assert batch["pendingRequests"] == []
+    assert [f["failureCode"] for f in batch["failedRequests"]] == ["ResourceNotFound"] * 2
+    assert all(f["request"] == request_for(doomed) for f in batch["failedRequests"])
+    assert all(doomed["arn"] in f["failureReason"] for f in batch["failedRequests"])
+
+    gone = simulation_jobs.describe_simulation_job(platform, ctx, {"job": orphan["arn"]})
+    assert (gone["status"], gone["failureCode"]) == ("Failed", "ResourceNotFound")
+    assert early["arn"] in gone["failureReason"]
+    platform.db.dispose()
+
+
+@idle_test
+def test_a_job_cancelled_while_its_run_is_prepared_is_not_admitted(tmp_path, monkeypatch):
+    """Admission prepares a run (key, directory, spec) before its transaction; a job cancelled meanwhile
+    stays Canceled, its prepared directory is removed and its key never becomes valid."""
+    import json
+
+    from openrobomaker.config import Limits, Settings
+    from openrobomaker.controllers.simulation_jobs import SimulationJobController
+    from openrobomaker.server import build_platform
+    from openrobomaker.services import applications, simulation_jobs
+    from openrobomaker.services.context import RequestContext
+    from openrobomaker.store import credentials as credential_store
+
+    platform = build_platform(Settings(data_dir=tmp_path, limits=Limits(simulation_units=10)))
+    ctx = RequestContext(account_id="000000000000", region="us-east-1")
+    platform.objects.create_bucket("bundles")
+    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
+    app = applications.create_application(
+        platform,
+        ctx,
+        applications.SIMULATION,
+        {
+            "name": "prepared",
+            "robotSoftwareSuite": {"name": "General"},
+            "simulationSoftwareSuite": {"name": "SimulationRuntime"},
+            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
+        },
+    )
+    params = {
+        "maxJobDurationInSeconds": 600,
+        "iamRole": ROLE,
+        "simulationApplications": [{"application": app["arn"], "launchConfig": {"command": ["true"]}}],
+        "compute": {"simulationUnitLimit": 1},
+    }
+    cancelled, kept = (simulation_jobs.create_simulation_job(platform, ctx, dict(params)) for _ in range(2))
+    controller = SimulationJobController(platform, _NoProcesses())
+    prepared = []
+    real_prepare = controller._prepare_run
+
+    def prepare_then_cancel(job, resolved):
+        run = real_prepare(job, resolved)
+        prepared.append(run)
+        if job.arn == cancelled["arn"]:
+            simulation_jobs.cancel_simulation_job(platform, ctx, {"job": cancelled["arn"]})
+        return run
+
+    monkeypatch.setattr(controller, "_prepare_run", prepare_then_cancel)
+    controller.reconcile()
+
+    def describe(job: dict) -> dict:
+        return simulation_jobs.describe_simulation_job(platform, ctx, {"job": job["arn"]})
+
+    assert describe(cancelled)["status"] == "Canceled"
+    assert describe(kept)["status"] == "Preparing"
+    runs = {run.job_id: run for run in prepared}
+    gone, started = runs[cancelled["arn"].rsplit("/", 1)[1]], runs[kept["arn"].rsplit("/", 1)[1]]
+    assert not gone.work_dir.exists()
+    spec = json.loads((started.work_dir / "spec.json").read_text())
+    with platform.db.read() as session:
+        assert credential_store.find_active(session, gone.key[0]) is None
+        assert credential_store.find_active(session, spec["apiEndpoint"]["accessKeyId"]) is not None
+    platform.db.dispose()
+
+
+@idle_test
+def test_a_report_that_changes_nothing_just_after_the_start_is_not_written(tmp_path, monkeypatch):
+    """The first report (Preparing, just after the runner started) only says the runner is alive: it is
+    answered from a read, without a write transaction; reports that change the job, or come after the job
+    was last heard from long enough ago, are written."""
+    import json
+
+    from openrobomaker.config import Limits, Settings
+    from openrobomaker.controllers.simulation_jobs import SimulationJobController
+    from openrobomaker.server import build_platform
+    from openrobomaker.services import applications, simulation_jobs
+    from openrobomaker.services.context import RequestContext
+    from openrobomaker.store import simulation_jobs as job_store
+
+    platform = build_platform(Settings(data_dir=tmp_path, limits=Limits(simulation_units=10)))
+    ctx = RequestContext(account_id="000000000000", region="us-east-1")
+    platform.objects.create_bucket("bundles")
+    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
+    app = applications.create_application(
+        platform,
+        ctx,
+        applications.SIMULATION,
+        {
+            "name": "heartbeat",
+            "robotSoftwareSuite": {"name": "General"},
+            "simulationSoftwareSuite": {"name": "SimulationRuntime"},
+            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
+        },
+    )
+    job = simulation_jobs.create_simulation_job(
+        platform,
+        ctx,
+        {
+            "maxJobDurationInSeconds": 600,
+            "iamRole": ROLE,
+            "simulationApplications": [{"application": app["arn"], "launchConfig": {"command": ["true"]}}],
+            "compute": {"simulationUnitLimit": 1},
+        },
+    )
+    SimulationJobController(platform, _NoProcesses()).reconcile()
+    job_id = job["arn"].rsplit("/", 1)[1]
+    (spec_path,) = (tmp_path / "jobs" / job_id).glob("*/spec.json")
+    spec = json.loads(spec_path.read_text())
+    token, run_id = spec["controlPlane"]["token"], spec["runId"]
+
+    def stored():
+        with platform.db.read() as session:
+            row = job_store.get_job(session, job_id)
+            return row.status, row.last_report_seq, row.last_report_at
+
+    def report(seq: int, phase: str) -> dict:
+        body = {"runId": run_id, "seq": seq, "phase": phase, "outcome": "Completed"}
+        return simulation_jobs.record_runner_report(platform, job_id, token, body)
+
+    assert report(0, "Preparing") == {"action": "none"}
+    assert stored() == ("Preparing", -1, None)  # answered from a read: nothing written
+    assert report(1, "Running") == {"action": "none"}
+    status, seq, heard = stored()
+    assert (status, seq) == ("Running", 1) and heard is not None
+    # The same phase again, heard from long ago: written (it keeps the runner's liveness fresh).
+    monkeypatch.setattr(simulation_jobs, "HEARD_RECENTLY_SECONDS", -1.0)
+    assert report(2, "Running") == {"action": "none"}
+    assert stored()[1] == 2
+    # A restart the user asked for is acknowledged (a change), so written even when heard just now.
+    monkeypatch.setattr(simulation_jobs, "HEARD_RECENTLY_SECONDS", 60.0)
+    simulation_jobs.restart_simulation_job(platform, ctx, {"job": job["arn"]})
+    assert report(3, "Running") == {"action": "restart"}
+    assert stored()[:2] == ("Restarting", 3)
+    with pytest.raises(simulation_jobs.RunnerAuthError):
+        simulation_jobs.record_runner_report(platform, job_id, "wrong token", {"runId": run_id, "seq": 4})
+    assert report(4, "Finished") == {"action": "none"}
+    assert stored()[:2] == ("Completed", 4)
+    assert report(5, "Running") == {"action": "cancel"}  # an ended job: told to stop, nothing written
+    assert stored()[:2] == ("Completed", 4)
     platform.db.dispose()
 
 

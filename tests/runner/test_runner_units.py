@@ -323,7 +323,10 @@ def test_local_store_download_is_a_snapshot_of_the_object(tmp_path):
 def test_zygote_preloads_the_store_module_a_job_names(tmp_path):
     from openrobomaker.runner.zygote import _store_module
 
-    for kind, module in (("s3", "openrobomaker.objectstore.s3"), ("local", "openrobomaker.objectstore.local")):
+    for kind, module in (
+        ("s3", "openrobomaker.objectstore.s3"),
+        ("local", "openrobomaker.objectstore.local"),
+    ):
         spec = tmp_path / f"{kind}.json"
         spec.write_text(json.dumps({"objectStore": {"kind": kind}}))
         assert _store_module(str(spec)) == module

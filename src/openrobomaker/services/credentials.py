@@ -8,7 +8,6 @@ from typing import Any
 
 from openrobomaker.services.identities import Secret, register_minted_lookup
 from openrobomaker.store import credentials as store
-from openrobomaker.store import simulation_jobs as keys  # the prepared mint/revoke statements (see there)
 
 
 def mint(session, account_id: str, principal: str, prefix: str) -> tuple[str, str]:
@@ -25,12 +24,12 @@ def new_key(prefix: str) -> tuple[str, str]:
 
 def store_key(session, account_id: str, principal: str, key: tuple[str, str]) -> None:
     # One prepared INSERT, written at once (not at the ORM's flush): every job run mints a key.
-    keys.insert_minted_key(session, key[0], key[1], account_id, principal, time.time())
+    store.insert_minted_key(session, key[0], key[1], account_id, principal, time.time())
 
 
 def revoke(session, principal: str) -> None:
     """Every unrevoked key of `principal` stops working (one prepared UPDATE: every job end revokes)."""
-    keys.revoke_minted_keys(session, principal, time.time())
+    store.revoke_minted_keys(session, principal, time.time())
 
 
 def _lookup(platform: Any, access_key_id: str) -> Secret | None:

@@ -3,10 +3,11 @@ and one per robot (the agent). Secrets are stored as given to the holder, since 
 
 from __future__ import annotations
 
-from sqlalchemy import Float, String, select
+from sqlalchemy import Float, String, bindparam, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
+from openrobomaker.store.db import execute_in_transaction
 
 
 class MintedCredentialRow(Base):
@@ -28,10 +29,36 @@ def find_active(session: Session, access_key_id: str) -> MintedCredentialRow | N
     ).one_or_none()
 
 
-def revoke_for_principal(session: Session, principal: str, when: float) -> None:
-    for row in session.scalars(
-        select(MintedCredentialRow).where(
-            MintedCredentialRow.principal == principal, MintedCredentialRow.revoked_at.is_(None)
-        )
-    ):
-        row.revoked_at = when
+# --- minting and revoking: prepared statements (every job run mints a key and every job end revokes it) ---
+
+_MINT_KEY = insert(MintedCredentialRow).values(
+    access_key_id=bindparam("access_key_id"),
+    secret_access_key=bindparam("secret_access_key"),
+    account_id=bindparam("account_id"),
+    principal=bindparam("principal"),
+    created_at=bindparam("created_at"),
+)
+_REVOKE_KEYS = (
+    update(MintedCredentialRow)
+    .where(
+        MintedCredentialRow.principal == bindparam("key_principal"), MintedCredentialRow.revoked_at.is_(None)
+    )
+    .values(revoked_at=bindparam("revoked_at"))
+)
+
+
+def insert_minted_key(
+    session: Session, access_key_id: str, secret: str, account_id: str, principal: str, created_at: float
+) -> None:
+    params = {
+        "access_key_id": access_key_id,
+        "secret_access_key": secret,
+        "account_id": account_id,
+        "principal": principal,
+        "created_at": created_at,
+    }
+    execute_in_transaction(session, _MINT_KEY, params)
+
+
+def revoke_minted_keys(session: Session, principal: str, when: float) -> None:
+    execute_in_transaction(session, _REVOKE_KEYS, {"key_principal": principal, "revoked_at": when})

@@ -9,7 +9,6 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.credentials import MintedCredentialRow
 from openrobomaker.store.db import execute_in_transaction
 
 ACTIVE_STATUSES = ("Pending", "Preparing", "Running", "Restarting", "RunningFailed", "Terminating")
@@ -330,39 +329,3 @@ def save_admission(session: Session, job: AdmissionJob) -> None:
     """Write what admission decided (a started run, or the job failed): one UPDATE by primary key."""
     params = {name: getattr(job, name) for name in _ADMISSION_CHANGING}
     execute_in_transaction(session, _ADMISSION_SAVE, params | {"key_job_id": job.job_id})
-
-
-# --- a job run's minted API key: prepared statements on the hot path (see services/credentials.py) -------
-# They belong with MintedCredentialRow in store/credentials.py; they live here until that file moves them.
-
-_MINT_KEY = insert(MintedCredentialRow).values(
-    access_key_id=bindparam("access_key_id"),
-    secret_access_key=bindparam("secret_access_key"),
-    account_id=bindparam("account_id"),
-    principal=bindparam("principal"),
-    created_at=bindparam("created_at"),
-)
-_REVOKE_KEYS = (
-    update(MintedCredentialRow)
-    .where(
-        MintedCredentialRow.principal == bindparam("key_principal"), MintedCredentialRow.revoked_at.is_(None)
-    )
-    .values(revoked_at=bindparam("revoked_at"))
-)
-
-
-def insert_minted_key(
-    session: Session, access_key_id: str, secret: str, account_id: str, principal: str, created_at: float
-) -> None:
-    params = {
-        "access_key_id": access_key_id,
-        "secret_access_key": secret,
-        "account_id": account_id,
-        "principal": principal,
-        "created_at": created_at,
-    }
-    execute_in_transaction(session, _MINT_KEY, params)
-
-
-def revoke_minted_keys(session: Session, principal: str, when: float) -> None:
-    execute_in_transaction(session, _REVOKE_KEYS, {"key_principal": principal, "revoked_at": when})

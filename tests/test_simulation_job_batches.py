@@ -22,6 +22,14 @@ from openrobomaker.objectstore import ObjectStoreConfig, open_store
 from ros_bundles import node_launch, ros_package_bundle
 
 ROLE = "arn:aws:iam::000000000000:role/RoboMakerBatchRole"
+GENERAL_SUITES = {
+    "robotSoftwareSuite": {"name": "General"},
+    "simulationSoftwareSuite": {"name": "SimulationRuntime"},
+}
+ROS_SUITES = {
+    "robotSoftwareSuite": {"name": "ROS", "version": "Melodic"},
+    "simulationSoftwareSuite": {"name": "Gazebo", "version": "9"},
+}
 FOURTEEN_DAYS = 14 * 24 * 3600
 TERMINAL = {"Completed", "Failed", "Canceled", "TimedOut"}
 JOB_TERMINAL = {"Completed", "Failed", "Canceled", "Terminated"}
@@ -342,28 +350,11 @@ def test_internal_errors_creating_members_are_retried_then_fail_the_batch(tmp_pa
     """In process, with the controller driven by hand: an internal error (not an API error) while creating
     a member is retried a few times, then fails that request with InternalServiceError, and the batch ends
     Failed while its other requests still become jobs."""
-    from openrobomaker.config import Settings
     from openrobomaker.controllers.simulation_job_batches import SimulationJobBatchController
-    from openrobomaker.server import build_platform
-    from openrobomaker.services import applications, simulation_jobs
     from openrobomaker.services import simulation_job_batches as service
-    from openrobomaker.services.context import RequestContext
+    from openrobomaker.services import simulation_jobs
 
-    platform = build_platform(Settings(data_dir=tmp_path))
-    ctx = RequestContext(account_id="000000000000", region="us-east-1")
-    platform.objects.create_bucket("bundles")
-    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
-    app = applications.create_application(
-        platform,
-        ctx,
-        applications.SIMULATION,
-        {
-            "name": "flaky",
-            "robotSoftwareSuite": {"name": "ROS", "version": "Melodic"},
-            "simulationSoftwareSuite": {"name": "Gazebo", "version": "9"},
-            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
-        },
-    )
+    platform, ctx, app = _platform_with_app(tmp_path, "flaky", ROS_SUITES)
     good, flaky = idle_request(app), idle_request(app, maxJobDurationInSeconds=601)
     real_build = simulation_jobs.build_definition
     calls = {"flaky": 0}
@@ -411,6 +402,31 @@ class _NoProcesses:
 
     def find_orphan(self, spec_path: str) -> None:
         return None
+
+
+def _platform_with_app(tmp_path: Path, name: str, suites: dict = GENERAL_SUITES):
+    """A platform with no server around it and one simulation application: controllers and services called
+    directly, in this process."""
+    from openrobomaker.config import Limits, Settings
+    from openrobomaker.server import build_platform
+    from openrobomaker.services import applications
+    from openrobomaker.services.context import RequestContext
+
+    platform = build_platform(Settings(data_dir=tmp_path, limits=Limits(simulation_units=10)))
+    ctx = RequestContext(account_id="000000000000", region="us-east-1")
+    platform.objects.create_bucket("bundles")
+    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
+    app = applications.create_application(
+        platform,
+        ctx,
+        applications.SIMULATION,
+        {
+            "name": name,
+            **suites,
+            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
+        },
+    )
+    return platform, ctx, app
 
 
 def _run_to_completion(platform, spec_path: Path) -> None:
@@ -542,28 +558,11 @@ def test_a_job_cancelled_while_its_run_is_prepared_is_not_admitted(tmp_path, mon
     stays Canceled, its prepared directory is removed and its key never becomes valid."""
     import json
 
-    from openrobomaker.config import Limits, Settings
     from openrobomaker.controllers.simulation_jobs import SimulationJobController
-    from openrobomaker.server import build_platform
-    from openrobomaker.services import applications, simulation_jobs
-    from openrobomaker.services.context import RequestContext
+    from openrobomaker.services import simulation_jobs
     from openrobomaker.store import credentials as credential_store
 
-    platform = build_platform(Settings(data_dir=tmp_path, limits=Limits(simulation_units=10)))
-    ctx = RequestContext(account_id="000000000000", region="us-east-1")
-    platform.objects.create_bucket("bundles")
-    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
-    app = applications.create_application(
-        platform,
-        ctx,
-        applications.SIMULATION,
-        {
-            "name": "prepared",
-            "robotSoftwareSuite": {"name": "General"},
-            "simulationSoftwareSuite": {"name": "SimulationRuntime"},
-            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
-        },
-    )
+    platform, ctx, app = _platform_with_app(tmp_path, "prepared")
     params = {
         "maxJobDurationInSeconds": 600,
         "iamRole": ROLE,
@@ -607,28 +606,11 @@ def test_a_report_that_changes_nothing_just_after_the_start_is_not_written(tmp_p
     was last heard from long enough ago, are written."""
     import json
 
-    from openrobomaker.config import Limits, Settings
     from openrobomaker.controllers.simulation_jobs import SimulationJobController
-    from openrobomaker.server import build_platform
-    from openrobomaker.services import applications, simulation_jobs
-    from openrobomaker.services.context import RequestContext
+    from openrobomaker.services import simulation_jobs
     from openrobomaker.store import simulation_jobs as job_store
 
-    platform = build_platform(Settings(data_dir=tmp_path, limits=Limits(simulation_units=10)))
-    ctx = RequestContext(account_id="000000000000", region="us-east-1")
-    platform.objects.create_bucket("bundles")
-    platform.objects.put_bytes("bundles", "sim.tar.gz", b"sim bundle")
-    app = applications.create_application(
-        platform,
-        ctx,
-        applications.SIMULATION,
-        {
-            "name": "heartbeat",
-            "robotSoftwareSuite": {"name": "General"},
-            "simulationSoftwareSuite": {"name": "SimulationRuntime"},
-            "sources": [{"s3Bucket": "bundles", "s3Key": "sim.tar.gz", "architecture": "X86_64"}],
-        },
-    )
+    platform, ctx, app = _platform_with_app(tmp_path, "heartbeat")
     job = simulation_jobs.create_simulation_job(
         platform,
         ctx,

@@ -36,6 +36,8 @@ import sys
 import threading
 import time
 import xmlrpc.client
+from collections.abc import Callable
+from typing import NoReturn
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -294,19 +296,35 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _holder_child(inner_sock: socket.socket, outer_sock: socket.socket, runner: int, user_ns: bool) -> None:
-    """The forked child (user namespace mode): new namespaces, then pid 1 below it; it waits for pid 1 and
-    exits with it. (The pid namespace must be made inside the new user namespace, so after it.)"""
+def _child_main(inner_sock: socket.socket, outer_sock: socket.socket, body: Callable[[], None]) -> NoReturn:
+    """A forked child's life: only its end of the socket open, `body`, and any failure told to the runner."""
     status = 1
     try:
         outer_sock.close()
         _close_inherited(inner_sock)
+        body()
+        status = 0
+    except BaseException as exc:  # noqa: BLE001 - tell the runner why, whatever it was
+        with contextlib.suppress(OSError):
+            _send(inner_sock, {"error": str(exc) or type(exc).__name__})
+    finally:
+        os._exit(status)
+
+
+def _holder_child(
+    inner_sock: socket.socket, outer_sock: socket.socket, runner: int, user_ns: bool
+) -> NoReturn:
+    """The forked child (user namespace mode): new namespaces, then pid 1 below it; it waits for pid 1 and
+    exits with it. (The pid namespace must be made inside the new user namespace, so after it.)"""
+
+    def hold() -> None:
         _die_with_parent(runner)
         _name_task(b"orm-holder")
         _default_signals()
         _enter_new_namespaces(user_ns)
         init = os.fork()
         if init == 0:
+            status = 1
             try:
                 # Its parent is outside its pid namespace (getppid() says 0), so there is nothing to check;
                 # should the parent die first, the runner's end of the socket still closes with the runner.
@@ -319,12 +337,8 @@ def _holder_child(inner_sock: socket.socket, outer_sock: socket.socket, runner: 
         _send(inner_sock, {"pid": init})
         inner_sock.close()
         os.waitpid(init, 0)
-        status = 0
-    except BaseException as exc:  # noqa: BLE001 - tell the runner why, whatever it was
-        with contextlib.suppress(OSError):
-            _send(inner_sock, {"error": str(exc) or type(exc).__name__})
-    finally:
-        os._exit(status)
+
+    _child_main(inner_sock, outer_sock, hold)
 
 
 def _fork_as_pid_1() -> int:
@@ -344,12 +358,10 @@ def _fork_as_pid_1() -> int:
         os.close(own)
 
 
-def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> None:
+def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> NoReturn:
     """Forked straight in as pid 1 of the new pid namespace: its network and mount namespaces, then serve."""
-    status = 1
-    try:
-        outer_sock.close()
-        _close_inherited(inner_sock)
+
+    def serve() -> None:
         # Its parent is the runner, outside its pid namespace (getppid() says 0): nothing to check; should
         # the runner die first, the runner's end of the socket still closes with it.
         _die_with_parent(None)
@@ -357,12 +369,8 @@ def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> None:
         _default_signals()
         _enter_new_namespaces(False, pid=False)
         _serve_as_init(inner_sock)
-        status = 0
-    except BaseException as exc:  # noqa: BLE001 - tell the runner why, whatever it was
-        with contextlib.suppress(OSError):
-            _send(inner_sock, {"error": str(exc) or type(exc).__name__})
-    finally:
-        os._exit(status)
+
+    _child_main(inner_sock, outer_sock, serve)
 
 
 class ForkedHolder:

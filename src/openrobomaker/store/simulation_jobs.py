@@ -165,19 +165,28 @@ _REPORT_CHANGING = (
     "last_report_at",
     "last_report_seq",
 )
-_REPORT_READ = (
-    select(*(getattr(SimulationJobRow, name) for name in _REPORT_KEYS + _REPORT_CHANGING))
-    .where(SimulationJobRow.job_id == bindparam("job_id"))
-    .with_for_update()  # PostgreSQL: the job stays locked until the report commits (SQLite: no-op)
-)
-_REPORT_PEEK = select(*(getattr(SimulationJobRow, name) for name in _REPORT_KEYS + _REPORT_CHANGING)).where(
-    SimulationJobRow.job_id == bindparam("job_id")
-)
-_REPORT_SAVE = (
-    update(SimulationJobRow)
-    .where(SimulationJobRow.job_id == bindparam("key_job_id"))
-    .values({name: bindparam(name) for name in _REPORT_CHANGING})
-)
+
+
+def _columns_of_one_job(names: tuple[str, ...]):
+    """SELECT these columns of the job `:job_id` (the shape of the prepared reads below)."""
+    return select(*(getattr(SimulationJobRow, name) for name in names)).where(
+        SimulationJobRow.job_id == bindparam("job_id")
+    )
+
+
+def _save_of_one_job(names: tuple[str, ...]):
+    """UPDATE these columns, each bound by its own name, of the job `:key_job_id`."""
+    return (
+        update(SimulationJobRow)
+        .where(SimulationJobRow.job_id == bindparam("key_job_id"))
+        .values({name: bindparam(name) for name in names})
+    )
+
+
+# PostgreSQL: the job stays locked until the report commits (SQLite: no-op).
+_REPORT_READ = _columns_of_one_job(_REPORT_KEYS + _REPORT_CHANGING).with_for_update()
+_REPORT_PEEK = _columns_of_one_job(_REPORT_KEYS + _REPORT_CHANGING)
+_REPORT_SAVE = _save_of_one_job(_REPORT_CHANGING)
 
 
 class ReportJob:
@@ -289,19 +298,10 @@ _ADMISSION_CHANGING = (
     "access_key_id",
     "last_report_seq",
 )
-_ADMISSION_READ = (
-    select(*(getattr(SimulationJobRow, name) for name in _ADMISSION_KEYS + _ADMISSION_CHANGING))
-    .where(SimulationJobRow.job_id == bindparam("job_id"))
-    .with_for_update()  # PostgreSQL: locked until the admission commits (SQLite: the writer lock)
-)
-_ADMISSION_PEEK = select(
-    *(getattr(SimulationJobRow, name) for name in _ADMISSION_KEYS + _ADMISSION_CHANGING)
-).where(SimulationJobRow.job_id == bindparam("job_id"))
-_ADMISSION_SAVE = (
-    update(SimulationJobRow)
-    .where(SimulationJobRow.job_id == bindparam("key_job_id"))
-    .values({name: bindparam(name) for name in _ADMISSION_CHANGING})
-)
+# PostgreSQL: locked until the admission commits (SQLite: the writer lock).
+_ADMISSION_READ = _columns_of_one_job(_ADMISSION_KEYS + _ADMISSION_CHANGING).with_for_update()
+_ADMISSION_PEEK = _columns_of_one_job(_ADMISSION_KEYS + _ADMISSION_CHANGING)
+_ADMISSION_SAVE = _save_of_one_job(_ADMISSION_CHANGING)
 
 
 class AdmissionJob:

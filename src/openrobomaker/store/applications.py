@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
+from openrobomaker.store.db import statement_per_flags
 
 LATEST = "$LATEST"
 
@@ -122,12 +123,7 @@ def _list_statement(*, by_name: bool, all_versions: bool):
     )
 
 
-# Built once: a statement object that comes back by identity is compiled once by `Database.reader()`.
-_LIST = {
-    (by_name, all_versions): _list_statement(by_name=by_name, all_versions=all_versions)
-    for by_name in (False, True)
-    for all_versions in (False, True)
-}
+_LIST = statement_per_flags(_list_statement, "by_name", "all_versions")
 
 
 def list_versions(

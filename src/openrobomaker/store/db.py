@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ def _tune_sqlite(engine: Engine) -> None:
         if options.get("sqlite_statement_snapshots"):
             return  # a hot read path: each statement reads its own consistent snapshot
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
+
+
+def statement_per_flags(build: Callable[..., Any], *flags: str) -> dict[tuple[bool, ...], Any]:
+    """`build(**flags)` for every combination of the boolean flags, built once at import: a statement that
+    comes back by identity is compiled once by `Database.reader()`. Keys are the flags' values in order."""
+    return {
+        values: build(**dict(zip(flags, values, strict=True)))
+        for values in itertools.product((False, True), repeat=len(flags))
+    }
 
 
 class _Prepared:

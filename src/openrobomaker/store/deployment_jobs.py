@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.db import execute_in_transaction
+from openrobomaker.store.db import execute_in_transaction, statement_per_flags
 from openrobomaker.store.robots import RobotRow
 
 ACTIVE_STATUSES = ("Pending", "Preparing", "InProgress")
@@ -250,11 +250,7 @@ def _summaries_statement(*, by_status: bool, by_fleet: bool) -> Any:
     return query.order_by(DeploymentJobRow.created_at.desc(), DeploymentJobRow.job_id)
 
 
-_SUMMARIES = {
-    (by_status, by_fleet): _summaries_statement(by_status=by_status, by_fleet=by_fleet)
-    for by_status in (False, True)
-    for by_fleet in (False, True)
-}
+_SUMMARIES = statement_per_flags(_summaries_statement, "by_status", "by_fleet")
 
 
 def job_summaries(

@@ -7,7 +7,7 @@ from sqlalchemy import Float, String, bindparam, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.db import execute_in_transaction
+from openrobomaker.store.db import bound, execute_in_transaction
 
 
 class MintedCredentialRow(Base):
@@ -32,11 +32,7 @@ def find_active(session: Session, access_key_id: str) -> MintedCredentialRow | N
 # --- minting and revoking: prepared statements (every job run mints a key and every job end revokes it) ---
 
 _MINT_KEY = insert(MintedCredentialRow).values(
-    access_key_id=bindparam("access_key_id"),
-    secret_access_key=bindparam("secret_access_key"),
-    account_id=bindparam("account_id"),
-    principal=bindparam("principal"),
-    created_at=bindparam("created_at"),
+    bound("access_key_id", "secret_access_key", "account_id", "principal", "created_at")
 )
 _REVOKE_KEYS = (
     update(MintedCredentialRow)

@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import bindparam, create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,6 +51,11 @@ def _tune_sqlite(engine: Engine) -> None:
         if options.get("sqlite_statement_snapshots"):
             return  # a hot read path: each statement reads its own consistent snapshot
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
+
+
+def bound(*names: str) -> dict[str, Any]:
+    """`.values(bound("a", "b"))`: each column set from the bind parameter of its own name."""
+    return {name: bindparam(name) for name in names}
 
 
 def statement_per_flags(build: Callable[..., Any], *flags: str) -> dict[tuple[bool, ...], Any]:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.db import execute_in_transaction
+from openrobomaker.store.db import bound, execute_in_transaction
 from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, SimulationJobRow, sql_in_list
 
 ACTIVE_BATCH_STATUSES = ("Pending", "InProgress", "Completing", "Canceling", "TimingOut")
@@ -307,19 +307,13 @@ _REQUEST_SAVE = (
         BatchRequestRow.position == bindparam("key_position"),
     )
     .values(
-        state=bindparam("state"),
-        job_arn=bindparam("job_arn"),
-        attempts=bindparam("attempts"),
-        failure_code=bindparam("failure_code"),
-        failure_reason=bindparam("failure_reason"),
-        failed_at=bindparam("failed_at"),
-        updated_at=bindparam("updated_at"),
+        bound("state", "job_arn", "attempts", "failure_code", "failure_reason", "failed_at", "updated_at")
     )
 )
 _BATCH_SAVE = (
     update(SimulationJobBatchRow)
     .where(SimulationJobBatchRow.batch_id == bindparam("key_batch_id"))
-    .values(status=bindparam("status"), last_updated_at=bindparam("last_updated_at"))
+    .values(bound("status", "last_updated_at"))
 )
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from openrobomaker.store.base import Base
-from openrobomaker.store.db import execute_in_transaction
+from openrobomaker.store.db import bound, execute_in_transaction
 
 ACTIVE_STATUSES = ("Pending", "Preparing", "Running", "Restarting", "RunningFailed", "Terminating")
 TERMINAL_STATUSES = ("Completed", "Failed", "Terminated", "Canceled")
@@ -179,7 +179,7 @@ def _save_of_one_job(names: tuple[str, ...]):
     return (
         update(SimulationJobRow)
         .where(SimulationJobRow.job_id == bindparam("key_job_id"))
-        .values({name: bindparam(name) for name in names})
+        .values(bound(*names))
     )
 
 
@@ -275,7 +275,7 @@ _NEW_JOB_COLUMNS = (
     "restart_acknowledged",
     "last_report_seq",
 )
-_INSERT_JOB = insert(SimulationJobRow).values({name: bindparam(name) for name in _NEW_JOB_COLUMNS})
+_INSERT_JOB = insert(SimulationJobRow).values(bound(*_NEW_JOB_COLUMNS))
 
 
 def insert_job_row(session: Session, values: dict[str, Any]) -> None:

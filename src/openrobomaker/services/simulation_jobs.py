@@ -32,7 +32,7 @@ from openrobomaker.services.errors import (
 from openrobomaker.services.pagination import exact_filters, paginate_filtered
 from openrobomaker.services.registry import operation, taggable
 from openrobomaker.store import simulation_jobs as store
-from openrobomaker.store.simulation_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
+from openrobomaker.store.simulation_jobs import TERMINAL_STATUSES
 
 MAX_DURATION_SECONDS = 14 * 24 * 3600
 DEFAULT_COMPUTE = {"simulationUnitLimit": 15, "computeType": "CPU", "gpuUnitLimit": 0}
@@ -512,10 +512,6 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
         platform.notify("simulation_jobs")
         platform.notify("simulation_batches")
     return {"action": action}
-
-
-def is_active(status: str) -> bool:
-    return status in ACTIVE_STATUSES
 
 
 def apply_final_report(job: store.SimulationJobRow, report: dict[str, Any], now: float) -> None:

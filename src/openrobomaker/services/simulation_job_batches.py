@@ -331,7 +331,8 @@ def set_status(batch: store.SimulationJobBatchRow, status: str, now: float) -> N
         batch.last_updated_at = now
 
 
-def batch_context(batch: store.SimulationJobBatchRow) -> RequestContext:
+def batch_context(batch: Any) -> RequestContext:
+    """The account and region of a batch (its row, a pass's view of it, or a statement's row)."""
     return RequestContext(account_id=batch.account_id, region=batch.region)
 
 
@@ -453,8 +454,7 @@ class PassRequest:
         self.failure_code = self.failure_reason = self.failed_at = self.updated_at = None
 
     def values(self) -> dict[str, Any]:
-        names = ("state", "job_arn", "attempts", "failure_code", "failure_reason", "failed_at", "updated_at")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in store.PASS_REQUEST_COLUMNS}
 
 
 def _definitions(
@@ -492,8 +492,7 @@ def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:
     if not due:
         return 0
     requests = {position: request for position, request in due}
-    ctx = RequestContext(account_id=row.account_id, region=row.region)
-    results = _definitions(platform, ctx, requests, {})
+    results = _definitions(platform, batch_context(row), requests, {})
     now = time.time()
     with platform.db.transaction() as session:
         return _create_in_transaction(session, platform, batch_id, requests, results, now)

@@ -300,15 +300,23 @@ _ANY_PENDING = (
     .where(BatchRequestRow.batch_id == bindparam("batch_id"), BatchRequestRow.state == PENDING)
     .limit(1)
 )
+# What a pass may change of a pending request (save_request writes exactly these).
+PASS_REQUEST_COLUMNS = (
+    "state",
+    "job_arn",
+    "attempts",
+    "failure_code",
+    "failure_reason",
+    "failed_at",
+    "updated_at",
+)
 _REQUEST_SAVE = (
     update(BatchRequestRow)
     .where(
         BatchRequestRow.batch_id == bindparam("key_batch_id"),
         BatchRequestRow.position == bindparam("key_position"),
     )
-    .values(
-        bound("state", "job_arn", "attempts", "failure_code", "failure_reason", "failed_at", "updated_at")
-    )
+    .values(bound(*PASS_REQUEST_COLUMNS))
 )
 _BATCH_SAVE = (
     update(SimulationJobBatchRow)
@@ -360,7 +368,7 @@ def any_pending(session: Session, batch_id: str) -> bool:
 
 
 def save_request(session: Session, batch_id: str, position: int, values: dict[str, Any]) -> None:
-    """Write a request's state, job_arn, attempts, failure_code, failure_reason, failed_at and updated_at."""
+    """Write a request's PASS_REQUEST_COLUMNS."""
     execute_in_transaction(
         session, _REQUEST_SAVE, values | {"key_batch_id": batch_id, "key_position": position}
     )

@@ -320,16 +320,20 @@ def test_local_store_download_is_a_snapshot_of_the_object(tmp_path):
     assert store.download("b", "k", tmp_path / "again").size == len(b"version 2")
 
 
-def test_zygote_preloads_the_store_module_a_job_names(tmp_path):
-    from openrobomaker.runner.zygote import _store_module
+def test_zygote_reads_the_store_module_and_isolation_a_job_names(tmp_path):
+    from openrobomaker.runner.zygote import read_spec_facts
 
     for kind, module in (
         ("s3", "openrobomaker.objectstore.s3"),
         ("local", "openrobomaker.objectstore.local"),
     ):
         spec = tmp_path / f"{kind}.json"
-        spec.write_text(json.dumps({"objectStore": {"kind": kind}}))
-        assert _store_module(str(spec)) == module
+        spec.write_text(json.dumps({"objectStore": {"kind": kind}, "isolation": "netns"}))
+        assert read_spec_facts(str(spec)).store_module == module
+        assert read_spec_facts(str(spec)).isolation == "netns"
     (tmp_path / "odd.json").write_text(json.dumps({"objectStore": {"kind": "os.system"}}))
-    assert _store_module(str(tmp_path / "odd.json")) is None  # only our own store modules are imported
-    assert _store_module(str(tmp_path / "missing.json")) is None
+    odd = read_spec_facts(str(tmp_path / "odd.json"))
+    assert odd.store_module is None  # only our own store modules are imported
+    assert odd.isolation == "auto"  # the spec's default
+    missing = read_spec_facts(str(tmp_path / "missing.json"))
+    assert missing.store_module is None and missing.isolation is None  # no standby for a job unread

@@ -67,7 +67,7 @@ def _wait_gone(pid: int, timeout: float = 30.0) -> None:
 def test_forked_runner_is_a_detached_runner(jobs, executor):
     spec = jobs.spec([command_app(jobs, "simulation", SLEEPER)], outputLocation=None)
     handle, spec_path = _start(jobs, executor, spec)
-    pid, _ = _parse(handle)
+    pid = _parse(handle).pid
     zygote = executor.zygote_pid()
     assert zygote is not None, "the runner was not forked from the zygote"
     jobs.plane.wait_phase(spec["jobId"], "Running", 60)
@@ -102,16 +102,88 @@ def _wait_reaped(pid: int, timeout: float = 30.0) -> None:
     assert not Path(f"/proc/{pid}").exists(), f"process {pid} left a zombie"
 
 
-def test_killed_zygote_is_replaced(jobs, executor):
+def _runner_pids() -> list[int]:
+    """Runner processes (idle or not) on this host, by their task names."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _running(int(entry.name)):
+            try:
+                if (entry / "comm").read_text().strip() in ("orm-runner", "orm-idle"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _wait_idle(pid: int, runs: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    wanted = b"--idle\0" + str(runs).encode()
+    while wanted not in _cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wanted in _cmdline(pid), _cmdline(pid)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_runner_is_reused_for_the_next_job_and_old_handles_cannot_touch_it(jobs, executor):
+    first_spec = jobs.spec([command_app(jobs, "simulation", ["/bin/true"])], outputLocation=None)
+    first, _ = _start(jobs, executor, first_spec)
+    assert jobs.plane.wait_phase(first_spec["jobId"], "Finished", 60)["outcome"] == "Completed"
+    pid = _parse(first).pid
+    _wait_idle(pid, 1)  # its job over, the runner waits for the next one instead of exiting
+    assert not executor.is_alive(first)
+    first_log = (Path(first_spec["workDir"]) / "runner.log").read_text()
+
+    second_spec = jobs.spec([command_app(jobs, "simulation", SLEEPER, key="s.tar.gz")], outputLocation=None)
+    second, second_path = _start(jobs, executor, second_spec)
+    assert _parse(second).pid == pid and _parse(second).run == 2 and second.endswith(":2")
+    jobs.plane.wait_phase(second_spec["jobId"], "Running", 60)
+    assert executor.is_alive(second) and not executor.is_alive(first)
+    cmdline = _cmdline(pid).split(b"\0")
+    assert cmdline[1:7] == [
+        b"-m",
+        b"openrobomaker.runner",
+        b"--spec",
+        str(second_path).encode(),
+        b"--run",
+        b"2",
+    ]
+    assert executor.find_orphan(str(second_path)) == second
+
+    # The first job's handle is stale: signals sent through it never reach the second job.
+    executor.terminate(first)
+    executor.kill(first)
+    time.sleep(0.5)
+    assert executor.is_alive(second)
+    assert jobs.plane.phases(second_spec["jobId"])[-1] == "Running"
+    # Each job keeps its own log: nothing of the second run went to the first one's.
+    assert (Path(first_spec["workDir"]) / "runner.log").read_text() == first_log
+    assert second_spec["jobId"] in (Path(second_spec["workDir"]) / "runner.log").read_text()
+
+    executor.terminate(second)  # cancel through the live handle
+    assert jobs.plane.wait_phase(second_spec["jobId"], "Finished", 60)["outcome"] == "Canceled"
+    assert jobs.cleanup() == []
+
+
+def test_idle_runners_go_with_the_zygote_which_is_replaced(jobs, executor):
     spec = jobs.spec([command_app(jobs, "simulation", ["/bin/true"])], outputLocation=None)
     handle, _ = _start(jobs, executor, spec)
     first = executor.zygote_pid()
     assert first is not None
     assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
-    _wait_reaped(_parse(handle)[0])  # a runner that ends before its zygote is reaped at once
+    _wait_idle(_parse(handle).pid, 1)
+    idle = [pid for pid in _runner_pids() if _ppid(pid) == first]
+    assert _parse(handle).pid in idle  # the job's runner, and one forked ahead for the next job
 
     os.kill(first, signal.SIGKILL)
     _wait_gone(first)
+    for pid in idle:
+        _wait_reaped(pid)  # idle runners (and their namespaces' pid 1) die with their zygote
     spec = jobs.spec(
         [command_app(jobs, "simulation", ["/bin/true"], key="again.tar.gz")], outputLocation=None
     )
@@ -119,7 +191,49 @@ def test_killed_zygote_is_replaced(jobs, executor):
     second = executor.zygote_pid()
     assert second is not None and second != first
     assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
-    _wait_gone(_parse(handle)[0])
+
+
+def test_idle_runner_leaves_after_its_idle_time(jobs, monkeypatch):
+    monkeypatch.setenv("OPENROBOMAKER_RUNNER_IDLE_SECONDS", "1")
+    executor = LocalExecutor()
+    try:
+        spec = jobs.spec([command_app(jobs, "simulation", ["/bin/true"])], outputLocation=None)
+        handle, _ = _start(jobs, executor, spec)
+        zygote = executor.zygote_pid()
+        assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
+        _wait_gone(_parse(handle).pid, timeout=15)
+        deadline = time.monotonic() + 15
+        while [p for p in _runner_pids() if _ppid(p) == zygote] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in _runner_pids() if _ppid(p) == zygote] == []
+        # The zygote noticed: the next job gets a runner all the same.
+        spec = jobs.spec(
+            [command_app(jobs, "simulation", ["/bin/true"], key="n.tar.gz")], outputLocation=None
+        )
+        _start(jobs, executor, spec)
+        assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
+    finally:
+        executor.close()
+        _kill_started(executor)
+
+
+def test_handles_name_the_run_of_a_reused_runner():
+    from openrobomaker.executors.local import Handle, _handle_run_is_current
+
+    assert str(_parse("local:12:345")) == "local:12:345" and _parse("local:12:345").run == 1
+    assert _parse("local:12:345:3") == Handle(12, "345", 3)
+    python = b"/usr/bin/python3\0-m\0"
+    running_second = python + b"openrobomaker.runner\0--spec\0/r/spec.json\0--run\x002\0"
+    assert _handle_run_is_current(running_second, 2)
+    assert not _handle_run_is_current(running_second, 1)  # the first job's handle is over
+    idle_after_two = python + b"openrobomaker.runner\0--idle\x002\0"
+    assert _handle_run_is_current(idle_after_two, 3)  # handed over, not taken yet
+    assert not _handle_run_is_current(idle_after_two, 2)
+    first = python + b"openrobomaker.runner\0--spec\0/r/spec.json\0"
+    assert _handle_run_is_current(first, 1) and not _handle_run_is_current(first, 2)
+    just_forked = python + b"openrobomaker.runner.zygote\0    \0"
+    assert _handle_run_is_current(just_forked, 1) and not _handle_run_is_current(just_forked, 2)
+    assert not _handle_run_is_current(b"/bin/sleep\x0010\0", 1)
 
 
 def test_runner_without_zygote_still_works(jobs):
@@ -128,4 +242,4 @@ def test_runner_without_zygote_still_works(jobs):
     handle, _ = _start(jobs, executor, spec)
     assert executor.zygote_pid() is None
     assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
-    _wait_gone(_parse(handle)[0])
+    _wait_gone(_parse(handle).pid)

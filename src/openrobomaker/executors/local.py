@@ -6,7 +6,12 @@ and restarted if it dies: a fork costs milliseconds where a new interpreter plus
 When the zygote cannot be used, `python -m openrobomaker.runner --spec SPEC` is started instead; both
 kinds of runner look the same from here (same command line, same session, same reports).
 
-Handles are `local:<pid>:<start time>`; the start time (from /proc) guards against a recycled pid.
+Handles are `local:<pid>:<start time>[:<run>]`: the start time (from /proc) guards against a recycled pid,
+and the run against a reused runner process (runner/zygote.py): a runner process runs its jobs one after
+another, saying which in its command line (`--run N` from its second job on; between jobs `--idle N`, the
+number of jobs it ran), and a handle is alive only while its process is on that run (or idle just before
+it: the job was handed over and not taken yet). Starts and signals are serialized, so that no job can be
+handed to a runner between the check of a handle and the signal sent to it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from openrobomaker.procfs import start_time
@@ -31,11 +37,57 @@ ZYGOTE_READY_SECONDS = 30.0
 ZYGOTE_ANSWER_SECONDS = 10.0
 
 
-def _parse(handle: str) -> tuple[int, str]:
-    kind, pid, start = handle.split(":", 2)
+@dataclass(frozen=True)
+class Handle:
+    pid: int
+    start: str
+    run: int = 1
+
+    def __str__(self) -> str:
+        return f"local:{self.pid}:{self.start}" + (f":{self.run}" if self.run > 1 else "")
+
+
+def _parse(handle: str) -> Handle:
+    kind, pid, rest = handle.split(":", 2)
     if kind != "local":
         raise ValueError(f"not a local handle: {handle}")
-    return int(pid), start
+    start, _, run = rest.partition(":")
+    return Handle(int(pid), start, int(run) if run else 1)
+
+
+def _handle_run_is_current(cmdline: bytes, run: int) -> bool:
+    """Whether the runner process with this command line is (or is about to be) on `run`."""
+    args = cmdline.split(b"\0")
+    if b"openrobomaker.runner.zygote" in args:
+        return run == 1  # forked a moment ago, its command line not rewritten yet
+    if b"openrobomaker.runner" not in args:
+        return False
+    if b"--idle" in args:  # between jobs: the next one may have been handed to it already
+        return _number_after(args, b"--idle") == run - 1
+    if b"--spec" not in args:
+        return False
+    return (_number_after(args, b"--run") if b"--run" in args else 1) == run
+
+
+def _number_after(args: list[bytes], flag: bytes) -> int | None:
+    index = args.index(flag) + 1
+    return int(args[index]) if index < len(args) and args[index].isdigit() else None
+
+
+def _run_of_runner(cmdline: bytes) -> int | None:
+    """The run a runner with this command line is on (find_orphan)."""
+    args = cmdline.split(b"\0")
+    if b"--run" in args:
+        return _number_after(args, b"--run")
+    return 1
+
+
+def _runs(pid: int, run: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return _handle_run_is_current(fh.read(), run)
+    except OSError:
+        return False
 
 
 def runner_command(spec_path: str) -> list[str]:
@@ -84,7 +136,7 @@ class Zygote:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def fork_runner(self, spec_path: str, work_dir: str) -> int:
+    def fork_runner(self, spec_path: str, work_dir: str) -> tuple[int, int]:
         request = {"spec": spec_path, "cwd": work_dir, "out": str(Path(work_dir) / "runner.out")}
         request["nice"] = RUNNER_NICE
         with self.lock:
@@ -98,7 +150,7 @@ class Zygote:
         answer = json.loads(line)
         if "pid" not in answer:
             raise OSError(f"the runner zygote could not fork: {answer.get('error')}")
-        return int(answer["pid"])
+        return int(answer["pid"]), int(answer.get("run") or 1)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -119,13 +171,13 @@ class LocalExecutor:
         self.use_zygote = use_zygote
         self._zygote: Zygote | None = None
         self._zygote_lock = threading.Lock()
+        self._signal_lock = threading.Lock()  # see the module's docstring
 
     def start(self, job_id: str, run_id: str, spec_path: str, work_dir: str) -> str:
-        pid = self._fork_from_zygote(spec_path, work_dir) if self.use_zygote else None
-        if pid is None:
-            pid = self._spawn_interpreter(spec_path, work_dir)
-        start = start_time(pid) or "0"
-        return f"local:{pid}:{start}"
+        with self._signal_lock:
+            started = self._fork_from_zygote(spec_path, work_dir) if self.use_zygote else None
+            pid, run = started if started is not None else (self._spawn_interpreter(spec_path, work_dir), 1)
+            return str(Handle(pid, start_time(pid) or "0", run))
 
     def _zygote_process(self) -> Zygote:
         with self._zygote_lock:
@@ -135,7 +187,7 @@ class LocalExecutor:
                 self._zygote = Zygote()
             return self._zygote
 
-    def _fork_from_zygote(self, spec_path: str, work_dir: str) -> int | None:
+    def _fork_from_zygote(self, spec_path: str, work_dir: str) -> tuple[int, int] | None:
         for _attempt in range(2):  # a zygote killed since the last start is replaced once
             try:
                 return self._zygote_process().fork_runner(spec_path, work_dir)
@@ -178,20 +230,20 @@ class LocalExecutor:
 
     def is_alive(self, handle: str) -> bool:
         self._reap()
-        pid, start = _parse(handle)
-        return start_time(pid) == start
+        runner = _parse(handle)
+        return start_time(runner.pid) == runner.start and _runs(runner.pid, runner.run)
 
     def terminate(self, handle: str) -> None:
-        if self.is_alive(handle):
-            pid, _ = _parse(handle)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        with self._signal_lock:
+            if self.is_alive(handle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(_parse(handle).pid, signal.SIGTERM)
 
     def kill(self, handle: str) -> None:
-        if self.is_alive(handle):
-            pid, _ = _parse(handle)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        with self._signal_lock:
+            if self.is_alive(handle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(_parse(handle).pid, signal.SIGKILL)
 
     def kill_leftovers(self, job_id: str) -> int:
         """Kill every process still marked with the job's id (a runner killed with SIGKILL cannot clean up)."""
@@ -217,8 +269,8 @@ class LocalExecutor:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if wanted in cmdline:
-                start = start_time(int(entry.name))
-                if start:
-                    return f"local:{entry.name}:{start}"
+            if wanted + b"\0" in cmdline:
+                start, run = start_time(int(entry.name)), _run_of_runner(cmdline)
+                if start and run:
+                    return str(Handle(int(entry.name), start, run))
         return None

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from openrobomaker.runner.isolation import PreparedIsolation
 from openrobomaker.runner.spec import RunnerSpec, SpecError
 
 
@@ -30,24 +31,37 @@ def _configure_logging(log_file: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openrobomaker.runner", description=__doc__)
     parser.add_argument("--spec", required=True, type=Path, help="path of the run's spec JSON")
+    # A reused runner process shows which of its runs this is (the executor's handles check it); when
+    # started from the command line it means nothing.
+    parser.add_argument("--run", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return run_spec(args.spec)
 
 
-def run_spec(spec_path: Path) -> int:
+def run_spec(spec_path: Path, prepared_isolation: PreparedIsolation | None = None) -> int:
     """The run itself; the zygote calls this directly (an argparse parser costs ~5 ms of CPU per runner)."""
+    return execute_spec(spec_path, prepared_isolation)[0]
+
+
+def execute_spec(spec_path: Path, prepared_isolation: PreparedIsolation | None = None) -> tuple[int, bool]:
+    """Run the spec's job: the exit code, and whether the control plane took the final report (only then
+    may a reused runner go on to another job: otherwise its final report is still due, from final.json)."""
     try:
         spec = RunnerSpec.from_json(spec_path.read_text())
     except (OSError, SpecError) as exc:
         print(f"openrobomaker runner: cannot read spec {spec_path}: {exc}", file=sys.stderr)
-        return 2
+        if prepared_isolation is not None:
+            prepared_isolation.discard()
+        return 2, False
     work_dir = Path(spec.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(work_dir / "runner.log")
 
     from openrobomaker.runner.job import JobRun
 
-    return JobRun(spec).run()
+    run = JobRun(spec, prepared_isolation)
+    code = run.run()
+    return code, run.final_acknowledged
 
 
 if __name__ == "__main__":

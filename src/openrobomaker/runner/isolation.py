@@ -261,6 +261,33 @@ def _try_namespaces(user_namespace: bool) -> tuple[ns_holder.ForkedHolder | None
         return None, str(exc)
 
 
+@dataclass
+class PreparedIsolation:
+    """A job's namespaces made before its spec is known (a standby runner's), or why they could not be."""
+
+    requested: str
+    isolation: Isolation | None = None
+    failure: JobFailure | None = None
+
+    def discard(self) -> None:
+        if self.isolation is not None:
+            self.isolation.stop()
+            self.isolation = None
+
+
+def prepare_isolation(requested: str) -> PreparedIsolation:
+    """choose_isolation, with its failure kept to be reported once the run has a reporter."""
+    try:
+        return PreparedIsolation(requested, isolation=choose_isolation(requested))
+    except JobFailure as failure:
+        return PreparedIsolation(requested, failure=failure)
+    except Exception as exc:
+        log.exception("creating the job's namespaces failed")
+        return PreparedIsolation(
+            requested, failure=JobFailure(INTERNAL_SERVICE_ERROR, f"Cannot isolate the job: {exc}")
+        )
+
+
 def choose_isolation(requested: str) -> Isolation:
     """The isolation to use for `requested` (auto | netns | userns | none), or a JobFailure saying why not."""
     if requested == "none":

@@ -55,7 +55,13 @@ from openrobomaker.runner.failures import (
 )
 from openrobomaker.runner.fetch import fetch_application
 from openrobomaker.runner.forwarder import ListenerToTcpForwarder
-from openrobomaker.runner.isolation import DataSourceMount, Isolation, NamespaceIsolation, choose_isolation
+from openrobomaker.runner.isolation import (
+    DataSourceMount,
+    Isolation,
+    NamespaceIsolation,
+    PreparedIsolation,
+    prepare_isolation,
+)
 from openrobomaker.runner.layout import RunLayout
 from openrobomaker.runner.outputs import check_output_location, output_key_prefix, upload_outputs
 from openrobomaker.runner.procs import RUN_MARKER_VAR, JobProcess, LogSink, kill_marked_processes
@@ -142,8 +148,10 @@ class Infrastructure:
 
 
 class JobRun:
-    def __init__(self, spec: RunnerSpec):
+    def __init__(self, spec: RunnerSpec, prepared_isolation: PreparedIsolation | None = None):
         self.spec = spec
+        self.prepared_isolation = prepared_isolation
+        self.final_acknowledged = False
         self.layout = RunLayout(Path(spec.work_dir))
         self.cache_dir = Path(spec.cache_dir)
         self._store: ObjectStore | None = None
@@ -204,7 +212,9 @@ class JobRun:
         log.info(
             "run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or ""
         )
-        self.reporter.finish(result.outcome, result.failure_code, result.failure_reason)
+        self.final_acknowledged = self.reporter.finish(
+            result.outcome, result.failure_code, result.failure_reason
+        )
         self.reporter.stop()
         return 0
 
@@ -300,14 +310,16 @@ class JobRun:
     def _create_namespaces(self) -> None:
         """The namespace holder is forked from this process, so fork it while the runner has one thread:
         a child forked while another thread holds a libc lock (the reporter's getaddrinfo, say) can hang
-        on that lock forever. A failure is raised where Preparing chooses the isolation."""
-        try:
-            self.isolation = choose_isolation(self.spec.isolation)
-        except JobFailure as failure:
-            self.isolation_failure = failure
-        except Exception as exc:  # reported as the run's failure once the reporter runs
-            log.exception("creating the job's namespaces failed")
-            self.isolation_failure = JobFailure(INTERNAL_SERVICE_ERROR, f"Cannot isolate the job: {exc}")
+        on that lock forever. A failure is raised where Preparing chooses the isolation. A runner waiting
+        for its job made them before the job was known (runner/zygote.py): the same fresh namespaces, made
+        off the job's path."""
+        prepared = self.prepared_isolation
+        self.prepared_isolation = None
+        if prepared is None or prepared.requested != self.spec.isolation:
+            if prepared is not None:
+                prepared.discard()
+            prepared = prepare_isolation(self.spec.isolation)
+        self.isolation, self.isolation_failure = prepared.isolation, prepared.failure
 
     def _fetch_bundle(self, app: AppRuntime) -> None:
         app.generation += 1

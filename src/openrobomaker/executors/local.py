@@ -91,7 +91,10 @@ def _runs(pid: int, run: int) -> bool:
 
 
 def runner_command(spec_path: str) -> list[str]:
-    return [sys.executable, "-m", "openrobomaker.runner", "--spec", spec_path]
+    """A runner's command line for its (first) job: the interpreter started, or a forked runner's."""
+    from openrobomaker.runner.zygote import runner_command_line
+
+    return runner_command_line(spec_path, 1)
 
 
 def _runner_env() -> dict[str, str]:

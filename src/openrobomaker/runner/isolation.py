@@ -263,7 +263,7 @@ def _try_namespaces(user_namespace: bool) -> tuple[ns_holder.ForkedHolder | None
 
 @dataclass
 class PreparedIsolation:
-    """A job's namespaces made before its spec is known (a standby runner's), or why they could not be."""
+    """A job's namespaces made before its spec is known (an idle runner's), or why they could not be."""
 
     requested: str
     isolation: Isolation | None = None

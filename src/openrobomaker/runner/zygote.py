@@ -341,9 +341,9 @@ class Zygote:
     def keep_one_idle(self, kind: RunnerKind | None) -> None:
         """Fork an idle runner for the next job of this kind unless one is there or on its way: after the
         answer, off the job's path."""
-        if kind is None or any(link.kind == kind and link.runs == 0 for link in self.links.values()):
-            return
-        if any(link.kind == kind and link.idle for link in self.links.values()):
+        if kind is None or any(
+            link.kind == kind and (link.idle or link.runs == 0) for link in self.links.values()
+        ):
             return
         self._fork(kind, None)
 

@@ -66,7 +66,7 @@ def _handle_run_is_current(cmdline: bytes, run: int) -> bool:
         return _number_after(args, b"--idle") == run - 1
     if b"--spec" not in args:
         return False
-    return (_number_after(args, b"--run") if b"--run" in args else 1) == run
+    return _run_of_runner(args) == run
 
 
 def _number_after(args: list[bytes], flag: bytes) -> int | None:
@@ -74,15 +74,14 @@ def _number_after(args: list[bytes], flag: bytes) -> int | None:
     return int(args[index]) if index < len(args) and args[index].isdigit() else None
 
 
-def _run_of_runner(cmdline: bytes) -> int | None:
-    """The run a runner with this command line is on (find_orphan)."""
-    args = cmdline.split(b"\0")
+def _run_of_runner(args: list[bytes]) -> int | None:
+    """The run a runner with these command-line arguments is on: `--run N`, else its first."""
     if b"--run" in args:
         return _number_after(args, b"--run")
     return 1
 
 
-def _runs(pid: int, run: int) -> bool:
+def _process_is_on_run(pid: int, run: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return _handle_run_is_current(fh.read(), run)
@@ -234,7 +233,7 @@ class LocalExecutor:
     def is_alive(self, handle: str) -> bool:
         self._reap()
         runner = _parse(handle)
-        return start_time(runner.pid) == runner.start and _runs(runner.pid, runner.run)
+        return start_time(runner.pid) == runner.start and _process_is_on_run(runner.pid, runner.run)
 
     def terminate(self, handle: str) -> None:
         with self._signal_lock:
@@ -273,7 +272,7 @@ class LocalExecutor:
             except OSError:
                 continue
             if wanted + b"\0" in cmdline:
-                start, run = start_time(int(entry.name)), _run_of_runner(cmdline)
+                start, run = start_time(int(entry.name)), _run_of_runner(cmdline.split(b"\0"))
                 if start and run:
                     return str(Handle(int(entry.name), start, run))
         return None

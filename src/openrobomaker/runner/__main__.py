@@ -10,6 +10,7 @@ from pathlib import Path
 
 from openrobomaker.runner.isolation import PreparedIsolation
 from openrobomaker.runner.spec import RunnerSpec, SpecError
+from openrobomaker.runner.turns import NO_TURNS, TurnTaker
 
 
 def _configure_logging(log_file: Path) -> None:
@@ -43,7 +44,9 @@ def run_spec(spec_path: Path, prepared_isolation: PreparedIsolation | None = Non
     return execute_spec(spec_path, prepared_isolation)[0]
 
 
-def execute_spec(spec_path: Path, prepared_isolation: PreparedIsolation | None = None) -> tuple[int, bool]:
+def execute_spec(
+    spec_path: Path, prepared_isolation: PreparedIsolation | None = None, turns: TurnTaker = NO_TURNS
+) -> tuple[int, bool]:
     """Run the spec's job: the exit code, and whether the control plane took the final report (only then
     may a reused runner go on to another job: otherwise its final report is still due, from final.json)."""
     try:
@@ -59,7 +62,7 @@ def execute_spec(spec_path: Path, prepared_isolation: PreparedIsolation | None =
 
     from openrobomaker.runner.job import JobRun
 
-    run = JobRun(spec, prepared_isolation)
+    run = JobRun(spec, prepared_isolation, turns)
     code = run.run()
     return code, run.final_acknowledged
 

@@ -68,6 +68,7 @@ from openrobomaker.runner.procs import RUN_MARKER_VAR, JobProcess, LogSink, kill
 from openrobomaker.runner.reporter import Reporter
 from openrobomaker.runner.rosmsgs import ensure_ros_messages
 from openrobomaker.runner.spec import ApplicationSpec, RunnerSpec
+from openrobomaker.runner.turns import NO_TURNS, TurnTaker
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,15 @@ class Infrastructure:
 
 
 class JobRun:
-    def __init__(self, spec: RunnerSpec, prepared_isolation: PreparedIsolation | None = None):
+    def __init__(
+        self,
+        spec: RunnerSpec,
+        prepared_isolation: PreparedIsolation | None = None,
+        turns: TurnTaker = NO_TURNS,
+    ):
         self.spec = spec
         self.prepared_isolation = prepared_isolation
+        self.turns = turns  # the start up to Running, and the wind-down, are taken in turn (runner/turns.py)
         self.final_acknowledged = False
         self.layout = RunLayout(Path(spec.work_dir))
         self.cache_dir = Path(spec.cache_dir)
@@ -195,6 +202,7 @@ class JobRun:
     # --- top level ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self.turns.take()  # given back once Running (or at the end of a run that never gets there)
         self._install_signal_handlers()
         self._create_namespaces()  # before the reporter's thread exists: see there
         self.reporter.start()
@@ -212,6 +220,7 @@ class JobRun:
         log.info(
             "run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or ""
         )
+        self.turns.give()  # before waiting for the control plane's acknowledgement
         self.final_acknowledged = self.reporter.finish(
             result.outcome, result.failure_code, result.failure_reason
         )
@@ -236,6 +245,7 @@ class JobRun:
             )
 
     def _wind_down(self, result: RunResult) -> RunResult:
+        self.turns.take()
         if self.processes_started:
             self._set_phase("Terminating")
         self._stop_everything()
@@ -528,6 +538,7 @@ class JobRun:
             app.sink.note(f"stopped {app_label(app.spec)}")
 
     def _enter_running(self) -> None:
+        self.turns.give()
         self.reporter.set_started_at(time.time())
         self._set_phase("Running")
 

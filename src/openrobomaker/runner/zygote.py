@@ -23,7 +23,8 @@ gets namespaces nobody used before, its own run directory, log file, stdio and c
 runner has no job: no spec, no reports; it dies with the zygote (PR_SET_PDEATHSIG, and EOF on its socket)
 and with it its pid 1. It leaves after IDLE_SECONDS without a job (saying `bye`, so that a job handed
 to it meanwhile is not lost), after MAX_RUNS jobs, or when anything of the last job is left in it (a
-thread). While it runs a job it is a runner like any other and outlives the zygote.
+thread). While it runs a job it is a runner like any other and outlives the zygote; its socket then
+carries only turns: the zygote hands out turns for the CPU-heavy steps of jobs (runner/turns.py).
 
 Since one process runs several jobs in turn, the executor's handle of a job names the run too:
 `local:<pid>:<start>:<run>`; the runner's command line ends with `--run <run>` from its second job on,
@@ -42,10 +43,12 @@ import select
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import NoReturn
 
 from openrobomaker.procfs import set_task_name, stat_fields
+from openrobomaker.runner import turns
 
 PR_SET_PDEATHSIG = 1
 TITLE_ROOM = 4096  # bytes of argv space reserved for the forked runners' command lines
@@ -224,7 +227,7 @@ class RunnerLife:
         from openrobomaker.runner.__main__ import execute_spec
 
         prepared, self.prepared = self.prepared, None
-        return execute_spec(Path(request["spec"]), prepared)
+        return execute_spec(Path(request["spec"]), prepared, turns.TurnTaker(self.link))
 
     def _wait_idle(self) -> dict | None:
         """Idle: shed the last job, make the next one's namespaces, tell the zygote, wait for a job."""
@@ -254,6 +257,8 @@ class RunnerLife:
             # then run: the zygote ignores a `bye` from a runner it gave a job).
             self.link.send(b"bye")
         message = self.link.recv(_MESSAGE_BYTES)
+        while turns.parse(message) is not None:  # a `go` for a turn the last job gave up waiting for
+            message = self.link.recv(_MESSAGE_BYTES)
         if not message or message == b"ok":
             return None
         return json.loads(message)
@@ -311,6 +316,7 @@ class Zygote:
 
     def __init__(self) -> None:
         self.links: dict[int, RunnerLink] = {}  # by socket fd
+        self.turns = turns.TurnQueue()  # runners' turns for their CPU-heavy steps (runner/turns.py)
 
     # requests from the executor
 
@@ -374,7 +380,9 @@ class Zygote:
             message = sock.recv(_MESSAGE_BYTES)
         except OSError:
             message = b""
-        if message == b"idle":
+        if (turn := turns.parse(message)) is not None:
+            self._on_turn_message(link, *turn)
+        elif message == b"idle":
             link.idle = True
         elif message == b"bye":
             if link.idle:  # else it has a job already, which it will run
@@ -384,9 +392,34 @@ class Zygote:
         elif not message:
             self._drop(link)  # the runner exited
 
+    def _on_turn_message(self, link: RunnerLink, word: bytes, number: int) -> None:
+        now = time.monotonic()
+        if word == b"turn":
+            self._send_grants(self.turns.ask(link.pid, number, now))
+        elif word == b"done":
+            self._send_grants(self.turns.give_back(link.pid, number, now))
+
+    def expire_turns(self) -> None:
+        self._send_grants(self.turns.expire(time.monotonic()))
+
+    def seconds_to_next_turn_expiry(self) -> float | None:
+        return self.turns.seconds_to_next_expiry(time.monotonic())
+
+    def _send_grants(self, granted: list) -> None:
+        by_pid = {link.pid: link for link in self.links.values()}
+        for pid, number in granted:
+            link = by_pid.get(pid)
+            if link is None:
+                continue
+            try:
+                link.sock.send(b"go %d" % number)
+            except OSError:
+                self._drop(link)  # its turn goes to the next one
+
     def _drop(self, link: RunnerLink) -> None:
         self.links.pop(link.sock.fileno(), None)
         link.sock.close()
+        self._send_grants(self.turns.drop(link.pid, time.monotonic()))
 
     def close(self) -> None:
         for link in list(self.links.values()):
@@ -398,7 +431,9 @@ def serve(stdin_fd: int, stdout) -> int:
     zygote = Zygote()
     pending = b""
     while True:
-        readable, _, _ = select.select([stdin_fd, *zygote.sockets()], [], [])
+        timeout = zygote.seconds_to_next_turn_expiry()
+        readable, _, _ = select.select([stdin_fd, *zygote.sockets()], [], [], timeout)
+        zygote.expire_turns()
         for ready in readable:
             if ready != stdin_fd:
                 if ready.fileno() in zygote.links:

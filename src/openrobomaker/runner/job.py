@@ -202,8 +202,8 @@ class JobRun:
     # --- top level ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self._install_signal_handlers()  # first: a cancel while waiting for the turn is kept, not fatal
         self.turns.take()  # given back once Running (or at the end of a run that never gets there)
-        self._install_signal_handlers()
         self._create_namespaces()  # before the reporter's thread exists: see there
         self.reporter.start()
         self._set_phase("Preparing")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from openrobomaker.runner import turns
+from openrobomaker.runner import turns, zygote
 from openrobomaker.runner.zygote import RunnerKind, RunnerLife, RunnerLink, Zygote
 
 
@@ -95,6 +95,20 @@ def test_an_idle_runner_skips_a_late_go_before_its_next_job():
         zygote_end.send(b"go 3")
         zygote_end.send(json.dumps({"spec": "/x/spec.json"}).encode())
         assert life._receive_job() == {"spec": "/x/spec.json"}
+
+
+def test_an_idle_runner_still_leaves_in_time_after_a_late_go(monkeypatch):
+    monkeypatch.setattr(zygote, "IDLE_SECONDS", 0.2)
+    runner_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with runner_end, zygote_end:
+        life = RunnerLife(runner_end, RunnerKind("none", 0), zygote=0)
+        zygote_end.send(b"go 3")
+        answered = threading.Thread(target=lambda: zygote_end.recv(64) == b"bye" and zygote_end.send(b"ok"))
+        answered.start()
+        started = time.monotonic()
+        assert life._receive_job() is None
+        assert time.monotonic() - started < 5
+        answered.join(5)
 
 
 def test_the_zygote_hands_turns_out_one_runner_after_another():

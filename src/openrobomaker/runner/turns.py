@@ -93,7 +93,7 @@ NO_TURNS = TurnTaker(None)
 
 
 class TurnQueue:
-    """The zygote's side: who holds a turn, who waits, in order. Keys are the runners' links."""
+    """The zygote's side: who holds a turn, who waits, in order. A key names a runner (its pid)."""
 
     def __init__(self, slots: int = TURN_SLOTS, lease: float = LEASE_SECONDS):
         self.slots, self.lease = slots, lease

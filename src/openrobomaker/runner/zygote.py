@@ -251,24 +251,28 @@ class RunnerLife:
             return None
 
     def _receive_job(self) -> dict | None:
-        ready, _, _ = select.select([self.link], [], [], IDLE_SECONDS)
-        if not ready:
-            # Leaving: the zygote answers `ok`, or it had handed this runner a job already (which is
-            # then run: the zygote ignores a `bye` from a runner it gave a job).
-            self.link.send(b"bye")
-        message = self.link.recv(_MESSAGE_BYTES)
-        while turns.parse(message) is not None:  # a `go` for a turn the last job gave up waiting for
+        deadline, said_bye = time.monotonic() + IDLE_SECONDS, False
+        while True:
+            timeout = None if said_bye else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.link], [], [], timeout)
+            if not ready:
+                # Leaving: the zygote answers `ok`, or it had handed this runner a job already (which is
+                # then run: the zygote ignores a `bye` from a runner it gave a job).
+                self.link.send(b"bye")
+                said_bye = True
+                continue
             message = self.link.recv(_MESSAGE_BYTES)
-        if not message or message == b"ok":
-            return None
-        return json.loads(message)
+            if turns.parse(message) is not None:
+                continue  # a `go` for a turn the last job gave up waiting for
+            if not message or message == b"ok":
+                return None
+            return json.loads(message)
 
     @staticmethod
     def _nothing_left_running() -> bool:
         """Only the main thread is left of the last job (its reporter, log pumps and exit watchers end
         with it); anything still running would run on into the next job, so such a runner exits."""
         import threading
-        import time
 
         deadline = time.monotonic() + _THREADS_GONE_SECONDS
         while threading.active_count() > 1 and time.monotonic() < deadline:

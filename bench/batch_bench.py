@@ -15,6 +15,9 @@ where each member's time went, read from the server's store and the processes' o
     launch     Running -> the application's process started
     work       the process itself (--seconds)
     wind_down  the process ended -> the job's end recorded (exit noticed, teardown, uploads, final report)
+
+and how many of the processes ran, on average per 0.25 s from the first start: slots that start and end in
+step show as dips every cycle (their set-ups contending), a run-out of work as the falling tail.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E40
 
 ROLE = "arn:aws:iam::000000000000:role/BenchRole"
 TERMINAL = {"Completed", "Failed", "Canceled", "TimedOut"}
+RUNNING_BUCKET_SECONDS = 0.25
 POLL_SECONDS = 1.0  # how often the script asks DescribeSimulationJobBatch (the timings come from the store)
 PHASES = ("refill", "admit", "boot", "launch", "work", "wind_down")
 
@@ -233,6 +237,23 @@ def main() -> int:
     return 0
 
 
+def running_over_time(intervals: list[tuple[float, float]], bucket: float) -> list[float]:
+    """How many processes ran, on average, in each `bucket` seconds from the first start: a batch whose slots
+    start and end in step shows as dips every cycle; `xargs` shows flat tops."""
+    if not intervals:
+        return []
+    origin = min(start for start, _ in intervals)
+    last = max(end for _, end in intervals)
+    busy = [0.0] * (int((last - origin) / bucket) + 1)
+    for start, end in intervals:
+        index = int((start - origin) / bucket)
+        while index * bucket < end - origin:
+            low, high = max(start - origin, index * bucket), min(end - origin, (index + 1) * bucket)
+            busy[index] += max(0.0, high - low) / bucket
+            index += 1
+    return busy
+
+
 def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list[dict], stamps: dict) -> None:
     server_wall = batch["lastUpdatedAt"].timestamp() - batch["createdAt"].timestamp()
     statuses = {}
@@ -261,6 +282,14 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
         "(refill + admit: the control plane's share)"
     )
     print(f"most processes at once   {peak:8d}")
+    intervals = [(s["start"], s["end"]) for s in stamps.values() if "start" in s and "end" in s]
+    busy = running_over_time(intervals, RUNNING_BUCKET_SECONDS)
+    if busy:
+        print(
+            f"processes running        {statistics.fmean(busy):8.1f}     on average (of {args.concurrency}); "
+            f"per {RUNNING_BUCKET_SECONDS} s from the first start:"
+        )
+        print("  " + " ".join(f"{value:.0f}" for value in busy))
     starts = sorted(s["start"] for s in stamps.values() if "start" in s)
     if starts and members:
         ramp_up = starts[0] - batch["createdAt"].timestamp()

@@ -265,7 +265,8 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
     control_plane = [
         a + r for a, r in zip(durations["admit"][args.concurrency :], durations["refill"], strict=True)
     ]
-    peak = most_at_once([(s["start"], s["end"]) for s in stamps.values() if "start" in s and "end" in s])
+    intervals = [(s["start"], s["end"]) for s in stamps.values() if "start" in s and "end" in s]
+    peak = most_at_once(intervals)
     print(
         f"jobs {args.jobs}, maxConcurrency {args.concurrency}, work {args.seconds}s, isolation {args.isolation}"
     )
@@ -282,7 +283,6 @@ def report(args, xargs_wall: float, xargs_cpu: float, batch: dict, members: list
         "(refill + admit: the control plane's share)"
     )
     print(f"most processes at once   {peak:8d}")
-    intervals = [(s["start"], s["end"]) for s in stamps.values() if "start" in s and "end" in s]
     busy = running_over_time(intervals, RUNNING_BUCKET_SECONDS)
     if busy:
         print(

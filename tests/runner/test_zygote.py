@@ -116,11 +116,20 @@ def _runner_pids() -> list[int]:
 
 
 def _wait_idle(pid: int, runs: int, timeout: float = 30.0) -> None:
+    """Until the runner is idle after `runs` jobs and has told the zygote so (its task name turns
+    `orm-idle` then): the next job of its kind goes to it, not to the runner forked ahead."""
     deadline = time.monotonic() + timeout
     wanted = b"--idle\0" + str(runs).encode()
-    while wanted not in _cmdline(pid) and time.monotonic() < deadline:
+    while not (wanted in _cmdline(pid) and _comm(pid) == "orm-idle") and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert wanted in _cmdline(pid), _cmdline(pid)
+    assert wanted in _cmdline(pid) and _comm(pid) == "orm-idle", (_cmdline(pid), _comm(pid))
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> bytes:

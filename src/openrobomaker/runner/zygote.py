@@ -239,13 +239,15 @@ class RunnerLife:
         _redirect_stdio(os.devnull)
         os.chdir("/")
         set_command_line(idle_command_line(self.runs))
-        set_task_name("orm-idle")
         if self.kind.isolation != "none":  # `none` picks a free port per job: nothing to make ahead
             from openrobomaker.runner.isolation import prepare_isolation
 
             self.prepared = prepare_isolation(self.kind.isolation)
         try:
             self.link.send(b"idle")
+            # Named idle once the zygote can hand it a job (the command line said so earlier, for the
+            # executor's handles: the last job's handle is stale from then on).
+            set_task_name("orm-idle")
             return self._receive_job()
         except OSError:
             return None
@@ -436,8 +438,10 @@ def serve(stdin_fd: int, stdout) -> int:
     pending = b""
     while True:
         timeout = zygote.seconds_to_next_turn_expiry()
-        readable, _, _ = select.select([stdin_fd, *zygote.sockets()], [], [], timeout)
+        readable, _, _ = select.select([*zygote.sockets(), stdin_fd], [], [], timeout)
         zygote.expire_turns()
+        # Runners' news before requests (select keeps the order it is given): a runner that said `idle` in
+        # the same round as a request takes that request instead of a fork.
         for ready in readable:
             if ready != stdin_fd:
                 if ready.fileno() in zygote.links:

@@ -9,19 +9,19 @@ the archive once extracted) and reports Finished; reports are retried until the 
 real agent's outbox does. Also measured: server memory and CPU per connected idle agent, and where each
 wave's time goes.
 
-All 200 agents live in this one Python process, on the same cores as the server. Downloads are read with a
-minimal HTTP/1.1 reader (`--client lean`: a worker thread per download on a blocking socket, one reused
-buffer, hashed and written as it arrives, ~3 ms of CPU per MiB, most of it MD5) rather than httpx
-(`--client httpx`: ~6-9 ms per MiB, 25-35 s of this process's CPU for the 4 GB), which would otherwise
-measure httpx more than the server; polls and reports likewise (`--control lean|httpx`). The agents follow
-the server's sendfile tickets (a poll answer's `bundleUrl`, or the channel's `307`) as the real agent does.
+All 200 agents live in this one Python process, on the same cores as the server. Polls and reports go
+through a minimal keep-alive HTTP/1.1 client (`--control lean`; `--control httpx` for httpx, ~2-3 ms of
+this process's CPU per request). Downloads are the shipped agent's own code: `Deployer._download` of
+`openrobomaker.agent` (agent/fetch.py: the poll answer's sendfile ticket or the channel's redirect,
+each piece hashed and written as it arrives, `Range` resume, fallback to the server), one worker
+thread per download as each robot downloads on its own.
 
 Also reported: the transport+hash floor of this host (the same simulated downloads from a trivial static
 sendfile server, no authorization or bookkeeping) and the CPU per MiB of the server, the agents and the
 ideal copy.
 
-    python bench/deploy_bench.py [--robots 200] [--size-mb 20] [--percentage 25] [--client lean|httpx]
-        [--control lean|httpx] [--agent-nice 10] [--profile FILE]
+    python bench/deploy_bench.py [--robots 200] [--size-mb 20] [--percentage 25] [--control lean|httpx]
+        [--agent-nice 10] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,7 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import running_server  # noqa: E402
-from openrobomaker.agent.client import sign  # noqa: E402
+from openrobomaker.agent import fetch  # noqa: E402
+from openrobomaker.agent.client import AgentClient, RobotCredentials, sign  # noqa: E402
+from openrobomaker.agent.deployer import Deployer  # noqa: E402
+from openrobomaker.agent.state import WorkDir  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 from openrobomaker.services.deployment_jobs import wave_size  # noqa: E402
 
@@ -142,57 +143,6 @@ def start_downloaders(count: int) -> None:
     barrier.wait()  # every one running at once: `count` distinct threads exist, now idle in the pool
 
 
-RECV_BYTES = 256 * 1024  # fits in L2: the kernel's copy, MD5 and the write read it from cache
-MAX_HEAD = 64 * 1024
-
-
-def fetch(url: str, headers: dict, out, digest, on_first_byte, timeout: float) -> tuple[int, dict, bytes]:
-    """One GET on a fresh connection, in the calling (worker) thread. Returns (status, headers, body of a
-    non-2xx answer); a 2xx body is hashed and written to `out` as it arrives, never held."""
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
-        # blocking from here, with a kernel receive timeout: MSG_WAITALL fills the whole buffer per call
-        sock.settimeout(None)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(timeout), 0))
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
-        lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "host"]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        view = memoryview(bytearray(RECV_BYTES))
-        head = b""
-        while (end := head.find(b"\r\n\r\n")) < 0:
-            count = sock.recv_into(view)
-            if not count or len(head) > MAX_HEAD:
-                raise ConnectionError("connection closed before the answer's headers")
-            head += view[:count]
-        lines = head[:end].decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        answer = {
-            name.strip().lower(): value.strip() for name, value in (ln.split(":", 1) for ln in lines[1:])
-        }
-        remaining = int(answer.get("content-length", "0"))
-        body = head[end + 4 :]
-        if status >= 300:  # an error or a redirect: a small body, kept for the error message
-            while len(body) < remaining and (count := sock.recv_into(view)):
-                body += view[:count]
-            return status, answer, body
-        if body:
-            on_first_byte()
-            digest.update(body)
-            out.write(body)
-            remaining -= len(body)
-        while remaining > 0:
-            count = sock.recv_into(view, min(RECV_BYTES, remaining), socket.MSG_WAITALL)
-            if not count:
-                raise ConnectionError(f"connection lost with {remaining} bytes to go")
-            on_first_byte()
-            chunk = view[:count]
-            digest.update(chunk)
-            out.write(chunk)
-            remaining -= count
-        return status, answer, b""
-
-
 class LeanControl:
     """One agent's keep-alive HTTP/1.1 connection for its polls and reports (SigV4-signed JSON POSTs), with
     no more work per request than the protocol needs; `--control httpx` sends them with httpx instead
@@ -264,9 +214,16 @@ class SimulatedAgent:
     """One robot's agent, as the real one behaves on the wire: reports are retried until the server took
     them (the real agent's outbox) and an interrupted download resumes with a Range request."""
 
-    def __init__(self, http: httpx.AsyncClient, control, endpoint: str, creds: dict, work: Path, client: str):
-        self.http, self.control, self.endpoint, self.creds = http, control, endpoint, creds
-        self.work, self.client = work, client
+    def __init__(self, control, endpoint: str, creds: dict, work: Path):
+        self.control, self.endpoint, self.creds = control, endpoint, creds
+        self.work = work
+        robot = RobotCredentials(
+            creds["robotArn"], creds["region"], creds["accessKeyId"], creds["secretAccessKey"]
+        )
+        self.client = AgentClient(
+            endpoint, robot
+        )  # its downloads only: polls and reports go through `control`
+        self.deployer = Deployer(WorkDir(work), self.client, None, self._download_step, lambda job_id: False)
         self.current: str | None = None
         self.seq = 0
         self.stop = False
@@ -309,79 +266,26 @@ class SimulatedAgent:
         payload = {"jobId": job_id, "seq": self.seq, "step": step, **fields}
         await self._retrying(lambda: self._post_once("/_agent/v1/report", payload, 30), f"report {step}")
 
+    def _download_step(self, job_id: str, step: str, **fields) -> None:
+        """The deployer's DownloadingExtracting progress (its first comes with the first MiB in the file).
+        The real agent sends these through its outbox; the simulated agents report only Validating and
+        Finished, so the server sees the same load as before this harness used the agent's code."""
+        self.marks.setdefault("first_byte", time.time())
+
     async def _download(self, job_id: str, offered: str | None) -> tuple[str, str]:
-        """As the real agent: fetch the poll answer's `bundleUrl` (a sendfile ticket) if it offered one,
-        else ask the channel with `direct=1` and follow its redirect; fall back to `direct=0` if the
-        redirect's target fails; resume with `Range` after a dropped connection."""
-        digest = hashlib.md5(usedforsecurity=False)
-        received, etag, direct = 0, "", True
+        """The real agent's download (Deployer._download) in a worker thread: the poll answer's `bundleUrl`
+        (a sendfile ticket) if it offered one, else the channel with `direct=1` and its redirect; the
+        server itself if the redirect's target fails; `Range` resume after a dropped connection."""
         path = self.work / "bundle"
+        self.marks.setdefault("requested", time.time())
         loop = asyncio.get_running_loop()
-
-        def first_byte() -> None:
-            if "first_byte" not in self.marks:
-                self.marks["first_byte"] = time.time()
-
-        async def get(url: str, headers: dict, out) -> tuple[int, dict, bytes]:
-            return await loop.run_in_executor(DOWNLOADERS, fetch, url, headers, out, digest, first_byte, 120)
-
-        async def once() -> None:
-            nonlocal received, etag, direct, offered
-            self.marks.setdefault("requested", time.time())
-            ranged = {"Range": f"bytes={received}-"} if received else {}
-            with open(path, "ab" if received else "wb") as out:
-                try:
-                    from_offer = bool(offered)
-                    if offered:
-                        status, answer = 307, {"location": offered}
-                        offered = None  # used once: a retry asks the channel
-                    else:
-                        query = {"robot": self.creds["robotArn"], "jobId": job_id}
-                        query |= {"direct": "1"} if direct else {}
-                        url = f"{self.endpoint}/_agent/v1/bundle?{urlencode(query, quote_via=quote, safe='')}"
-                        status, answer, body = await get(url, self._headers("GET", url, b"") | ranged, out)
-                    if status in REDIRECTS:
-                        try:
-                            status, answer, body = await get(answer["location"], ranged, out)
-                        except OSError:
-                            # the redirect's target failed: the rest comes through the server (a failed
-                            # offer only sends the agent to the channel, which redirects afresh)
-                            direct = direct and from_offer
-                            raise
-                        if status >= 300:
-                            direct = direct and from_offer
-                            raise ConnectionError(f"redirect target answered {status}: {body[:200]!r}")
-                finally:
-                    # what arrived before a dropped connection is kept: the retry resumes after it
-                    received = out.tell()
-            if status >= 300:
-                raise DownloadStatusError(status, body)
-            etag = answer["etag"].strip('"')
-
-        async def with_httpx() -> None:
-            nonlocal received, etag
-            self.marks.setdefault("requested", time.time())
-            query = urlencode({"robot": self.creds["robotArn"], "jobId": job_id}, quote_via=quote, safe="")
-            url = f"{self.endpoint}/_agent/v1/bundle?{query}"
-            headers = self._headers("GET", url, b"")
-            if received:
-                headers["Range"] = f"bytes={received}-"
-            with open(path, "ab" if received else "wb") as out:
-                async with self.http.stream("GET", url, headers=headers, timeout=120) as response:
-                    response.raise_for_status()
-                    etag = response.headers["etag"].strip('"')
-                    async for chunk in response.aiter_raw():
-                        first_byte()
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-
         try:
-            await self._retrying(once if self.client == "lean" else with_httpx, "download")
+            return await loop.run_in_executor(
+                DOWNLOADERS, lambda: self.deployer._download("/_agent/v1/bundle", job_id, path, True, offered)
+            )
         finally:
             path.unlink(missing_ok=True)  # the real agent deletes the archive once extracted
-        self.marks["downloaded"] = time.time()
-        return etag, digest.hexdigest()
+            self.marks["downloaded"] = time.time()
 
     async def run(self) -> None:
         while not self.stop:
@@ -527,9 +431,9 @@ server.serve_forever()
 
 
 def transport_floor(bundle: Path, etag: str, work: Path, copies: int, parallel: int) -> dict:
-    """The floor of this host for the deployment's data path: the simulated agents' own download (fresh
-    connection, hash every byte while writing it, ETag check, delete) from STATIC_SERVER, in the same
-    waves, with no authorization or bookkeeping at all."""
+    """The floor of this host for the deployment's data path: the agent's own download (agent/fetch.py:
+    fresh connection, each piece hashed and written as it arrives, ETag check, delete) from
+    STATIC_SERVER, in the same waves, with no authorization or bookkeeping at all."""
     process = subprocess.Popen(
         [sys.executable, "-c", STATIC_SERVER, str(bundle), etag], stdout=subprocess.PIPE, text=True
     )
@@ -539,11 +443,11 @@ def transport_floor(bundle: Path, etag: str, work: Path, copies: int, parallel: 
         def one(index: int) -> None:
             path = work / f"floor-{index}"
             digest = hashlib.md5(usedforsecurity=False)
-            with open(path, "wb") as out:
-                status, answer, _ = fetch(url, {}, out, digest, lambda: None, 120)
+            answer = fetch.get(url, {}, path, digest=lambda offset: digest)
+            md5 = digest.hexdigest()
             path.unlink()
-            if status != 200 or answer["etag"].strip('"') != digest.hexdigest():
-                raise RuntimeError(f"static server: HTTP {status}, ETag {answer.get('etag')}")
+            if answer.status != 200 or answer.headers["etag"].strip('"') != md5:
+                raise RuntimeError(f"static server: HTTP {answer.status}, ETag {answer.headers.get('etag')}")
 
         server_cpu, own_cpu = cpu_seconds(process.pid), time.process_time()
         seconds = in_waves(one, copies, parallel, _lower_priority)  # as the simulated agents' downloads
@@ -564,7 +468,6 @@ async def deploy(
     percentage: int,
     work: Path,
     deadline: float,
-    client: str,
     profile: str | None,
     control: str,
 ) -> dict:
@@ -594,11 +497,14 @@ async def deploy(
         for index, cred in enumerate(creds):
             directory = work / f"agent-{index}"
             directory.mkdir()
-            http = await clients.enter_async_context(httpx.AsyncClient(limits=limits))
-            channel = (
-                LeanControl(server.endpoint) if control == "lean" else HttpxControl(http, server.endpoint)
-            )
-            agents.append(SimulatedAgent(http, channel, server.endpoint, cred, directory, client))
+            if control == "lean":
+                channel = LeanControl(server.endpoint)
+            else:
+                http = await clients.enter_async_context(httpx.AsyncClient(limits=limits))
+                channel = HttpxControl(http, server.endpoint)
+            agent = SimulatedAgent(channel, server.endpoint, cred, directory)
+            clients.callback(agent.client.close)
+            agents.append(agent)
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
         await asyncio.sleep(3)  # every agent connected and long-polling
         idle_rss = rss_kib(pid)
@@ -691,7 +597,6 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=20)
     parser.add_argument("--percentage", type=int, default=25)
     parser.add_argument("--deadline", type=float, default=600, help="give up on the deployment after this")
-    parser.add_argument("--client", choices=("lean", "httpx"), default="lean", help="how agents download")
     parser.add_argument(
         "--control", choices=("lean", "httpx"), default="lean", help="how agents send polls and reports"
     )
@@ -736,7 +641,6 @@ def main() -> int:
                     args.percentage,
                     work / "agents",
                     args.deadline,
-                    args.client,
                     args.profile,
                     args.control,
                 )
@@ -749,7 +653,7 @@ def main() -> int:
         per_agent_kib = (result["idle_rss_kib"] - result["baseline_rss_kib"]) / args.robots
         print(
             f"robots {args.robots}, bundle {args.size_mb} MB, {args.percentage}% -> waves of {parallel}; "
-            f"agents download with {args.client} (nice {AGENT_NICE}), poll and report with {args.control}; "
+            f"agents download with the agent's fetch (nice {AGENT_NICE}), poll and report with {args.control}; "
             f"load average before {load_before}"
         )
         print(f"deployment: {result['status']} ({result['insync']} InSync) in {result['seconds']:.2f} s")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urljoin
 
 import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from openrobomaker.agent import fetch
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class DirectDownloadFailed(Exception):
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
+DOWNLOAD_TIMEOUT_SECONDS = 60.0  # connect, and the longest silence mid-download
 
 
 def sign(method: str, url: str, body: bytes, key_id: str, secret: str, region: str) -> dict[str, str]:
@@ -58,14 +59,21 @@ def sign(method: str, url: str, body: bytes, key_id: str, secret: str, region: s
 
 
 def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
+    _raise_for_status(response.status_code, response.headers, response.content)
+
+
+def _raise_for_status(status: int, headers, content: bytes) -> None:
+    """ChannelError for an error answer; `headers` looked up by lower-case name."""
+    if status < 400:
         return
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = {}
-    code = response.headers.get("x-amzn-ErrorType") or body.get("__type") or "Unknown"
-    raise ChannelError(response.status_code, code, body.get("message") or response.text[:200])
+    if not isinstance(body, dict):
+        body = {}
+    code = headers.get("x-amzn-errortype") or body.get("__type") or "Unknown"
+    raise ChannelError(status, code, body.get("message") or content[:200].decode("utf-8", "replace"))
 
 
 class AgentClient:
@@ -104,43 +112,42 @@ class AgentClient:
     def report(self, report: dict[str, Any]) -> dict[str, Any]:
         return self.post("/_agent/v1/report", report)
 
-    @contextmanager
     def download(
-        self, path: str, job_id: str, start: int = 0, direct: bool = False, offered: str | None = None
-    ) -> Iterator[httpx.Response]:
-        """The file's bytes from `start`. With `direct`, the agent accepts a redirect to a presigned S3 URL
-        (or the server's sendfile listener) and fetches from there itself; `offered` is such a URL the
-        server already gave (a poll answer's `bundleUrl`), fetched without asking the channel. A failure
-        on that leg raises DirectDownloadFailed (ask the channel again, or fall back to the server)."""
+        self,
+        path: str,
+        job_id: str,
+        dest: Path,
+        start: int = 0,
+        direct: bool = False,
+        offered: str | None = None,
+        progress: fetch.Progress | None = None,
+        digest: fetch.Digest | None = None,
+    ) -> fetch.Answer:
+        """The file's bytes from `start` into `dest` (agent/fetch.py). With `direct`, the agent accepts a
+        redirect to a presigned S3 URL (or the server's sendfile listener) and fetches from there itself;
+        `offered` is such a URL the server already gave (a poll answer's `bundleUrl`), fetched without
+        asking the channel. A failure on that leg raises DirectDownloadFailed (ask the channel again, or
+        fall back to the server); one on the channel raises OSError (retry) or ChannelError."""
         location = offered
         if location is None:
             query = {"robot": self.creds.robot_arn, "jobId": job_id}
             if direct:
                 query["direct"] = "1"
             url, headers = self._signed("GET", path, query=query)
-            if start:
-                headers["Range"] = f"bytes={start}-"
-            with self.http.stream("GET", url, headers=headers) as response:
-                location = response.headers.get("location") if response.status_code in REDIRECTS else None
-                if location is None:
-                    if response.status_code >= 400:
-                        response.read()
-                        _raise_for(response)
-                    yield response
-                    return
-                response.read()
+            answer = fetch.get(url, headers, dest, start, DOWNLOAD_TIMEOUT_SECONDS, progress, digest)
+            if answer.status not in REDIRECTS or "location" not in answer.headers:
+                _raise_for_status(answer.status, answer.headers, answer.body)
+                return answer
+            location = urljoin(url, answer.headers["location"])
         # A plain GET: the URL carries its own signature or ticket; our SigV4 headers must not go to S3.
-        ranged = {"Range": f"bytes={start}-"} if start else {}
+        where = location.split("?")[0]
         try:
-            with self.http.stream("GET", location, headers=ranged) as direct_response:
-                if direct_response.status_code >= 400:
-                    direct_response.read()
-                    raise DirectDownloadFailed(
-                        f"{location.split('?')[0]} answered {direct_response.status_code}"
-                    )
-                yield direct_response
-        except httpx.TransportError as exc:
-            raise DirectDownloadFailed(f"{location.split('?')[0]} not reachable: {exc!r}") from exc
+            answer = fetch.get(location, {}, dest, start, DOWNLOAD_TIMEOUT_SECONDS, progress, digest)
+        except (OSError, ValueError) as exc:
+            raise DirectDownloadFailed(f"{where} not reachable: {exc!r}") from exc
+        if answer.status >= 300:
+            raise DirectDownloadFailed(f"{where} answered {answer.status}")
+        return answer
 
     def close(self) -> None:
         self.http.close()

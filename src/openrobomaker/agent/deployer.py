@@ -37,8 +37,8 @@ LAUNCH_SETTLE_SECONDS = 2.0
 LAUNCH_MASTER_TIMEOUT = 30.0
 SCRIPT_TIMEOUT_SECONDS = 600
 DOWNLOAD_RETRIES = 20
-# bytes handed to the file and the hash at a time: large, so per-chunk Python work stays negligible
-DOWNLOAD_CHUNK = 1024 * 1024
+# bytes read at a time when a digest is rebuilt from the file
+HASH_READ_BYTES = 1024 * 1024
 MISSING_RESOURCE_MARKERS = (
     "Resource not found",
     "is neither a launch file",
@@ -48,25 +48,32 @@ MISSING_RESOURCE_MARKERS = (
 
 
 class _Hashed:
-    """The MD5 of a download's first `count` bytes, kept across resumed attempts so that every byte is
-    hashed once, as it is written. When the file does not hold exactly those bytes (a write failed half
-    way), the digest is rebuilt from the file."""
+    """The MD5 of a download's file, kept across resumed attempts (agent/fetch.py's `digest`): every byte
+    is hashed once, as it is received. When the body resumes anywhere but where the hashed bytes end (a
+    write failed half way, or the server sent more than asked), the digest is rebuilt from the file."""
 
     def __init__(self, dest: Path):
         self.dest = dest
         self.count = 0
         self.digest = hashlib.md5(usedforsecurity=False)
 
-    def resumed_at(self, start: int) -> Any:
-        if start != self.count:
-            self.digest = hashlib.md5(usedforsecurity=False)
-            self.count = 0
-            if start:
+    def __call__(self, offset: int) -> _Hashed:
+        if offset != self.count:
+            self.digest, self.count = hashlib.md5(usedforsecurity=False), 0
+            if offset:
                 with open(self.dest, "rb") as handle:
-                    while block := handle.read(DOWNLOAD_CHUNK):
-                        self.digest.update(block)
-                        self.count += len(block)
-        return self.digest
+                    while self.count < offset and (
+                        block := handle.read(min(HASH_READ_BYTES, offset - self.count))
+                    ):
+                        self.update(block)
+        return self
+
+    def update(self, data) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 class StepFailed(Exception):
@@ -180,7 +187,7 @@ class Deployer:
     ) -> tuple[str, str]:
         """Fetch from the URL the server offered in the poll answer (`offered`) or redirects to (S3
         presigned, or its sendfile listener for the local store), else (or when that URL fails) through
-        the server; resume after network failures. The bytes are hashed as they are written, in one pass.
+        the server; resume after network failures. The bytes are hashed as they arrive, once in all.
         Returns (ETag header, md5 hex)."""
         attempts = 0
         direct = True
@@ -188,7 +195,8 @@ class Deployer:
         while True:
             start = dest.stat().st_size if dest.exists() else 0
             try:
-                return self._download_once(path, job_id, dest, start, progress, direct, hashed, offered)
+                etag = self._download_once(path, job_id, dest, start, progress, direct, hashed, offered)
+                return etag, hashed.hexdigest()
             except DirectDownloadFailed as exc:
                 self.work.journal(job=job_id, event="direct-download-failed", reason=str(exc))
                 if offered is None:
@@ -216,34 +224,31 @@ class Deployer:
         direct: bool,
         hashed: _Hashed,
         offered: str | None,
-    ) -> tuple[str, str]:
-        with self.client.download(path, job_id, start, direct, offered) as response:
-            # where the bytes come from: the server, or S3 by presigned URL (no query: it holds a signature)
-            source = str(response.request.url.copy_with(query=None))
-            self.work.journal(job=job_id, event="download", path=path, start=start, source=source)
-            etag = response.headers.get("etag", "").strip('"')
-            if response.status_code != 206:
-                start = 0
-            total = start + int(response.headers.get("content-length", "0"))
-            received, began, last = start, time.monotonic(), 0.0
-            digest = hashed.resumed_at(start)
-            with open(dest, "ab" if start else "wb") as out:
-                for chunk in response.iter_raw(DOWNLOAD_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    hashed.count = received
-                    now = time.monotonic()
-                    if progress and now - last >= PROGRESS_EVERY_SECONDS and total:
-                        last = now
-                        rate = (received - start) / max(now - began, 1e-6)
-                        self._step(
-                            job_id,
-                            "DownloadingExtracting",
-                            percentDone=round(100.0 * received / total, 1),
-                            estimatedTimeRemainingSeconds=int((total - received) / rate) if rate else None,
-                        )
-        return etag, digest.hexdigest()
+    ) -> str:
+        """One attempt from `start`; returns the answer's ETag."""
+        began, last = time.monotonic(), 0.0
+
+        def report_progress(received: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < PROGRESS_EVERY_SECONDS or not total:
+                return
+            last = now
+            rate = (received - start) / max(now - began, 1e-6)
+            self._step(
+                job_id,
+                "DownloadingExtracting",
+                percentDone=round(100.0 * received / total, 1),
+                estimatedTimeRemainingSeconds=int((total - received) / rate) if rate else None,
+            )
+
+        answer = self.client.download(
+            path, job_id, dest, start, direct, offered, report_progress if progress else None, hashed
+        )
+        # where the bytes came from: the server, or S3 by presigned URL (no query: it holds a signature)
+        source = answer.url.split("?", 1)[0]
+        self.work.journal(job=job_id, event="download", path=path, start=start, source=source)
+        return answer.headers.get("etag", "").strip('"')
 
     def _download_and_extract(self, deployment: dict[str, Any], directory: Path) -> ExtractedBundle:
         job_id = deployment["jobId"]

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -107,17 +108,11 @@ class DownloadStatusError(Exception):
         self.status = status
 
 
-REDIRECTS = (301, 302, 303, 307, 308)
-# Each download runs in its own worker thread on a blocking socket, as each real agent downloads on its own
-# robot: receive into one reused buffer, hash, write, repeat. recv, MD5 and the file write all release the
-# GIL, so the 50 downloads of a wave use both cores and this process's event loop (polls and reports of
-# all 200 agents) is not in the data path at all.
-#
-# On a real fleet each robot hashes on its own CPU and never slows the server. Here the 50 download threads
-# of a wave share 2 cores with the server, and Linux shares CPU per thread: the server's event loop would
+# On a real fleet each robot downloads and hashes on its own CPU and never slows the server. Here a wave's
+# 50 downloads share 2 cores with the server, and Linux shares CPU per thread: the server's event loop would
 # get ~1/50 of it, and each robot's polls and reports would crawl behind the bulk work. With `--agent-nice`
-# (default 10) the download threads run at a lower priority than the server and the agents' control traffic;
-# they still do all the work (the CPU they use is measured and reported), only later in line.
+# (default 10) the downloads run at a lower priority than the server and the agents' control traffic; they
+# still do all the work (the CPU they use is measured and reported), only later in line.
 AGENT_NICE = 10
 
 
@@ -126,21 +121,112 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)  # Linux: 0 is the calling thread
 
 
-DOWNLOADERS = ThreadPoolExecutor(
-    max_workers=256, thread_name_prefix="agent-download", initializer=_lower_priority
-)
+class Downloads:
+    """Where the simulated robots' downloads run: each is the agent's own `Deployer._download`, one per
+    worker at a time.
+
+    `process` (default): worker processes forked before anything is timed. Real robots are separate
+    machines; as threads of this one process (`thread`), a wave's 50 downloads and the event loop that
+    serves all 200 agents' polls and reports take turns on one GIL, so robots wait on each other in a
+    way no fleet does (and the floor, which has no control traffic, does not)."""
+
+    def __init__(self, kind: str, count: int):
+        self.kind, self.cpu = kind, 0.0  # cpu: the workers' CPU seconds (processes only; threads are ours)
+        if kind == "process":
+            self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_lower_priority)
+        else:
+            self.threads = ThreadPoolExecutor(
+                count, thread_name_prefix="agent-download", initializer=_lower_priority
+            )
+            self._start_threads(count)
+
+    def _start_threads(self, count: int) -> None:
+        """Start `count` threads now, before the deployment is timed: `Thread.start` waits for the new
+        thread to run, which in the first wave held this process's event loop for up to a second."""
+        barrier = threading.Barrier(count + 1)
+        for _ in range(count):
+            self.threads.submit(barrier.wait)
+        barrier.wait()
+
+    async def run(self, function, *args) -> dict:
+        loop = asyncio.get_running_loop()
+        if self.kind == "thread":
+            return await loop.run_in_executor(self.threads, function, *args)
+        future = loop.create_future()
+
+        def settle(result=None, error=None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.pool.apply_async(
+            function,
+            args,
+            callback=lambda result: loop.call_soon_threadsafe(settle, result),
+            error_callback=lambda error: loop.call_soon_threadsafe(settle, None, error),
+        )
+        result = await future
+        self.cpu += result["cpu"]
+        return result
+
+    def run_wave(self, function, arguments: list[tuple]) -> list[dict]:
+        if self.kind == "thread":
+            return list(self.threads.map(lambda args: function(*args), arguments))
+        results = self.pool.starmap(function, arguments)
+        self.cpu += sum(result["cpu"] for result in results)
+        return results
+
+    def close(self) -> None:
+        if self.kind == "process":
+            self.pool.terminate()
+            self.pool.join()
+        else:
+            self.threads.shutdown()
 
 
-def start_downloaders(count: int) -> None:
-    """Start `count` download threads now, before the deployment is timed. The pool makes a thread the
-    first time it has no idle one, and `Thread.start` waits for the new thread to run, which takes a GIL
-    hand-off from the threads already downloading: in the first wave that held this process's event loop
-    (every simulated agent's polls and reports) for up to a second; later waves reuse the threads. Real
-    robots each have their own process and do not pay this."""
-    barrier = threading.Barrier(count + 1)
-    for _ in range(count):
-        DOWNLOADERS.submit(barrier.wait)
-    barrier.wait()  # every one running at once: `count` distinct threads exist, now idle in the pool
+_DEPLOYERS: dict[str, Deployer] = {}  # a worker's deployers, by robot: built once, like a robot's agent
+_FIRST_BYTE: dict[str, float] = {}
+
+
+def download_as_robot(endpoint: str, creds: dict, work: str, job_id: str, offered: str | None) -> dict:
+    """One robot's bundle download by the agent's own code, in a worker. Returns the ETag, the MD5, when
+    the first MiB was in the file, and the worker's CPU for it."""
+    cpu = time.thread_time()
+    robot = creds["robotArn"]
+    deployer = _DEPLOYERS.get(robot)
+    if deployer is None:
+        client = AgentClient(
+            endpoint, RobotCredentials(robot, creds["region"], creds["accessKeyId"], creds["secretAccessKey"])
+        )
+
+        def report(job_id: str, step: str, **fields) -> None:
+            # The deployer's DownloadingExtracting progress (the first comes with the first MiB in the
+            # file). The real agent sends these through its outbox; the simulated agents report only
+            # Validating and Finished, so the server sees the same load as before.
+            _FIRST_BYTE.setdefault(robot, time.time())
+
+        deployer = _DEPLOYERS[robot] = Deployer(WorkDir(Path(work)), client, None, report, lambda job: False)
+    _FIRST_BYTE.pop(robot, None)
+    path = Path(work) / "bundle"
+    try:
+        etag, md5 = deployer._download("/_agent/v1/bundle", job_id, path, True, offered)
+    finally:
+        path.unlink(missing_ok=True)  # the real agent deletes the archive once extracted
+    return {"etag": etag, "md5": md5, "first_byte": _FIRST_BYTE.get(robot), "cpu": time.thread_time() - cpu}
+
+
+def download_from_static(url: str, path: str) -> dict:
+    """The floor's download: the agent's fetch and hash, no channel, no reports."""
+    cpu = time.thread_time()
+    digest = hashlib.md5(usedforsecurity=False)
+    answer = fetch.get(url, {}, Path(path), digest=lambda offset: digest)
+    Path(path).unlink()
+    if answer.status != 200 or answer.headers["etag"].strip('"') != digest.hexdigest():
+        raise RuntimeError(f"static server: HTTP {answer.status}, ETag {answer.headers.get('etag')}")
+    return {"cpu": time.thread_time() - cpu}
 
 
 class LeanControl:
@@ -214,16 +300,9 @@ class SimulatedAgent:
     """One robot's agent, as the real one behaves on the wire: reports are retried until the server took
     them (the real agent's outbox) and an interrupted download resumes with a Range request."""
 
-    def __init__(self, control, endpoint: str, creds: dict, work: Path):
-        self.control, self.endpoint, self.creds = control, endpoint, creds
+    def __init__(self, control, downloads: Downloads, endpoint: str, creds: dict, work: Path):
+        self.control, self.downloads, self.endpoint, self.creds = control, downloads, endpoint, creds
         self.work = work
-        robot = RobotCredentials(
-            creds["robotArn"], creds["region"], creds["accessKeyId"], creds["secretAccessKey"]
-        )
-        self.client = AgentClient(
-            endpoint, robot
-        )  # its downloads only: polls and reports go through `control`
-        self.deployer = Deployer(WorkDir(work), self.client, None, self._download_step, lambda job_id: False)
         self.current: str | None = None
         self.seq = 0
         self.stop = False
@@ -266,26 +345,18 @@ class SimulatedAgent:
         payload = {"jobId": job_id, "seq": self.seq, "step": step, **fields}
         await self._retrying(lambda: self._post_once("/_agent/v1/report", payload, 30), f"report {step}")
 
-    def _download_step(self, job_id: str, step: str, **fields) -> None:
-        """The deployer's DownloadingExtracting progress (its first comes with the first MiB in the file).
-        The real agent sends these through its outbox; the simulated agents report only Validating and
-        Finished, so the server sees the same load as before this harness used the agent's code."""
-        self.marks.setdefault("first_byte", time.time())
-
     async def _download(self, job_id: str, offered: str | None) -> tuple[str, str]:
-        """The real agent's download (Deployer._download) in a worker thread: the poll answer's `bundleUrl`
-        (a sendfile ticket) if it offered one, else the channel with `direct=1` and its redirect; the
-        server itself if the redirect's target fails; `Range` resume after a dropped connection."""
-        path = self.work / "bundle"
+        """The real agent's download (Deployer._download) in a worker: the poll answer's `bundleUrl` (a
+        sendfile ticket) if it offered one, else the channel with `direct=1` and its redirect; the server
+        itself if the redirect's target fails; `Range` resume after a dropped connection."""
         self.marks.setdefault("requested", time.time())
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                DOWNLOADERS, lambda: self.deployer._download("/_agent/v1/bundle", job_id, path, True, offered)
-            )
-        finally:
-            path.unlink(missing_ok=True)  # the real agent deletes the archive once extracted
-            self.marks["downloaded"] = time.time()
+        result = await self.downloads.run(
+            download_as_robot, self.endpoint, self.creds, str(self.work), job_id, offered
+        )
+        if result["first_byte"] is not None:
+            self.marks["first_byte"] = result["first_byte"]
+        self.marks["downloaded"] = time.time()
+        return result["etag"], result["md5"]
 
     async def run(self) -> None:
         while not self.stop:
@@ -430,31 +501,27 @@ server.serve_forever()
 """
 
 
-def transport_floor(bundle: Path, etag: str, work: Path, copies: int, parallel: int) -> dict:
+def transport_floor(
+    bundle: Path, etag: str, work: Path, copies: int, parallel: int, downloads: Downloads
+) -> dict:
     """The floor of this host for the deployment's data path: the agent's own download (agent/fetch.py:
     fresh connection, each piece hashed and written as it arrives, ETag check, delete) from
-    STATIC_SERVER, in the same waves, with no authorization or bookkeeping at all."""
+    STATIC_SERVER, in the same waves and the same workers, with no authorization or bookkeeping at all."""
     process = subprocess.Popen(
         [sys.executable, "-c", STATIC_SERVER, str(bundle), etag], stdout=subprocess.PIPE, text=True
     )
     try:
         url = f"http://127.0.0.1:{int(process.stdout.readline())}/bundle"
 
-        def one(index: int) -> None:
-            path = work / f"floor-{index}"
-            digest = hashlib.md5(usedforsecurity=False)
-            answer = fetch.get(url, {}, path, digest=lambda offset: digest)
-            md5 = digest.hexdigest()
-            path.unlink()
-            if answer.status != 200 or answer.headers["etag"].strip('"') != md5:
-                raise RuntimeError(f"static server: HTTP {answer.status}, ETag {answer.headers.get('etag')}")
-
-        server_cpu, own_cpu = cpu_seconds(process.pid), time.process_time()
-        seconds = in_waves(one, copies, parallel, _lower_priority)  # as the simulated agents' downloads
+        server_cpu, own_cpu, workers_cpu = cpu_seconds(process.pid), time.process_time(), downloads.cpu
+        started = time.perf_counter()
+        for wave_start in range(0, copies, parallel):
+            wave = range(wave_start, min(copies, wave_start + parallel))
+            downloads.run_wave(download_from_static, [(url, str(work / f"floor-{index}")) for index in wave])
         return {
-            "seconds": seconds,
+            "seconds": time.perf_counter() - started,
             "server_cpu": cpu_seconds(process.pid) - server_cpu,
-            "agents_cpu": time.process_time() - own_cpu,
+            "agents_cpu": time.process_time() - own_cpu + downloads.cpu - workers_cpu,
         }
     finally:
         process.terminate()
@@ -470,6 +537,7 @@ async def deploy(
     deadline: float,
     profile: str | None,
     control: str,
+    downloads: Downloads,
 ) -> dict:
     store = open_store(ObjectStoreConfig(kind="local", root=str(server.data_dir / "objects")))
     app = rm.list_robot_applications()["robotApplicationSummaries"][0]["arn"]
@@ -502,13 +570,10 @@ async def deploy(
             else:
                 http = await clients.enter_async_context(httpx.AsyncClient(limits=limits))
                 channel = HttpxControl(http, server.endpoint)
-            agent = SimulatedAgent(channel, server.endpoint, cred, directory)
-            clients.callback(agent.client.close)
-            agents.append(agent)
+            agents.append(SimulatedAgent(channel, downloads, server.endpoint, cred, directory))
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
         await asyncio.sleep(3)  # every agent connected and long-polling
         idle_rss = rss_kib(pid)
-        start_downloaders(min(robots, 2 * wave_size(robots, percentage)))
         spy = None
         if profile:  # the server's stacks during the deployment only (py-spy must be installed)
             # FILE.json: speedscope format, which keeps the samples in time order (a wave's start can be
@@ -518,6 +583,7 @@ async def deploy(
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1)
         server_cpu, bench_cpu, threads_before = cpu_seconds(pid), time.process_time(), thread_cpu(pid)
+        workers_cpu = downloads.cpu
         started = time.perf_counter()
         # In a worker thread: a blocking call on this event loop would hold every simulated agent's poll
         # answer and first report until the API answer is parsed (real robots are not blocked by it).
@@ -556,6 +622,7 @@ async def deploy(
             await asyncio.sleep(0.02 if all_acked else 0.05)
         elapsed = time.perf_counter() - started
         server_cpu, bench_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - bench_cpu
+        bench_cpu += downloads.cpu - workers_cpu  # the download workers' (processes) part
         server_split = server_cpu_split(pid, threads_before, server_cpu)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -607,8 +674,16 @@ def main() -> int:
         default=AGENT_NICE,
         help="nice of the simulated downloads (0: same as server)",
     )
+    parser.add_argument(
+        "--downloads",
+        choices=("process", "thread"),
+        default="process",
+        help="run the simulated robots' downloads in worker processes (as separate robots) or threads",
+    )
     args = parser.parse_args()
     AGENT_NICE = args.agent_nice
+    # forked first, while this process has no other threads
+    downloads = Downloads(args.downloads, min(args.robots, 2 * wave_size(args.robots, args.percentage)))
     work = Path(tempfile.mkdtemp(prefix="orm-deploy-bench-"))
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
@@ -643,17 +718,19 @@ def main() -> int:
                     args.deadline,
                     args.profile,
                     args.control,
+                    downloads,
                 )
             )
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
-        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel)
+        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel, downloads)
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
         ideal, ideal_cpu = sorted(ideals)[len(ideals) // 2]
         mib = args.robots * args.size_mb  # MiB delivered (the bundle is size_mb MiB)
         per_agent_kib = (result["idle_rss_kib"] - result["baseline_rss_kib"]) / args.robots
         print(
             f"robots {args.robots}, bundle {args.size_mb} MB, {args.percentage}% -> waves of {parallel}; "
-            f"agents download with the agent's fetch (nice {AGENT_NICE}), poll and report with {args.control}; "
+            f"agents download with the agent's code in {args.downloads}es (nice {AGENT_NICE}), poll and "
+            f"report with {args.control}; "
             f"load average before {load_before}"
         )
         print(f"deployment: {result['status']} ({result['insync']} InSync) in {result['seconds']:.2f} s")
@@ -697,6 +774,7 @@ def main() -> int:
             f"server CPU while {args.robots} agents idle (long-polling): {100 * result['idle_cpu_fraction']:.1f}% of a core"
         )
     finally:
+        downloads.close()
         if not os.environ.get("KEEP_BENCH"):
             shutil.rmtree(work, ignore_errors=True)
         else:

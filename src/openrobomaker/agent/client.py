@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,21 @@ class AgentClient:
     def __init__(self, endpoint: str, creds: RobotCredentials, timeout: float = 10.0):
         self.endpoint = endpoint.rstrip("/")
         self.creds = creds
-        # Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) could close one under
-        # a request being sent on it.
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(timeout, read=60.0), limits=httpx.Limits(keepalive_expiry=2.0)
-        )
+        self.timeout = timeout
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The control requests' client, made on first use (its TLS context costs tens of milliseconds;
+        downloads do not need it). Idle connections are dropped before the server's keep-alive (uvicorn:
+        5 s) could close one under a request being sent on it."""
+        with self._http_lock:  # the agent's poll loop and its outbox thread may both be first
+            if self._http is None:
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout, read=60.0), limits=httpx.Limits(keepalive_expiry=2.0)
+                )
+            return self._http
 
     def _signed(
         self, method: str, path: str, body: bytes = b"", query: dict | None = None
@@ -150,4 +161,5 @@ class AgentClient:
         return answer
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()

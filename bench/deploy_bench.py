@@ -53,18 +53,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import running_server  # noqa: E402
 from openrobomaker.agent import fetch  # noqa: E402
 from openrobomaker.agent.client import AgentClient, RobotCredentials, sign  # noqa: E402
-from openrobomaker.agent.deployer import Deployer  # noqa: E402
+from openrobomaker.agent.deployer import Deployer, StepFailed  # noqa: E402
 from openrobomaker.agent.state import WorkDir  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 from openrobomaker.services.deployment_jobs import wave_size  # noqa: E402
 
 
-def md5_hex(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path: Path, algorithm: str) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.new(algorithm, usedforsecurity=False)).hexdigest()
+
+
+def md5_hex(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def rss_kib(pid: int) -> int:
@@ -191,9 +192,9 @@ _DEPLOYERS: dict[str, Deployer] = {}  # a worker's deployers, by robot: built on
 _FIRST_BYTE: dict[str, float] = {}
 
 
-def download_as_robot(endpoint: str, creds: dict, work: str, job_id: str, offered: str | None) -> dict:
-    """One robot's bundle download by the agent's own code, in a worker. Returns the ETag, the MD5, when
-    the first MiB was in the file, and the worker's CPU for it."""
+def download_as_robot(endpoint: str, creds: dict, work: str, deployment: dict) -> dict:
+    """One robot's bundle download and check by the agent's own code, in a worker. Returns the failure
+    code (None: the bundle is the version's), when the first MiB was in the file, and the worker's CPU."""
     cpu = time.thread_time()
     robot = creds["robotArn"]
     deployer = _DEPLOYERS.get(robot)
@@ -211,21 +212,25 @@ def download_as_robot(endpoint: str, creds: dict, work: str, job_id: str, offere
         deployer = _DEPLOYERS[robot] = Deployer(WorkDir(Path(work)), client, None, report, lambda job: False)
     _FIRST_BYTE.pop(robot, None)
     path = Path(work) / "bundle"
+    failure = None
     try:
-        etag, md5 = deployer._download("/_agent/v1/bundle", job_id, path, True, offered)
+        deployer._fetch_bundle(deployment, path)
+    except StepFailed as exc:
+        failure = exc.code
     finally:
         path.unlink(missing_ok=True)  # the real agent deletes the archive once extracted
-    return {"etag": etag, "md5": md5, "first_byte": _FIRST_BYTE.get(robot), "cpu": time.thread_time() - cpu}
+    return {"failure": failure, "first_byte": _FIRST_BYTE.get(robot), "cpu": time.thread_time() - cpu}
 
 
-def download_from_static(url: str, path: str) -> dict:
-    """The floor's download: the agent's fetch and hash, no channel, no reports."""
+def download_from_static(url: str, path: str, algorithm: str, expected: str) -> dict:
+    """The floor's download: the agent's fetch and the hash the deployment's agents used, no channel, no
+    reports."""
     cpu = time.thread_time()
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     answer = fetch.get(url, {}, Path(path), digest=lambda offset: digest)
     Path(path).unlink()
-    if answer.status != 200 or answer.headers["etag"].strip('"') != digest.hexdigest():
-        raise RuntimeError(f"static server: HTTP {answer.status}, ETag {answer.headers.get('etag')}")
+    if answer.status != 200 or digest.hexdigest() != expected:
+        raise RuntimeError(f"static server: HTTP {answer.status}, {algorithm} {digest.hexdigest()}")
     return {"cpu": time.thread_time() - cpu}
 
 
@@ -309,6 +314,7 @@ class SimulatedAgent:
         self.errors: list[str] = []  # transport errors / 5xx retried, for the report
         # this agent's clock (time.time()) at each step of its last deployment: where the time goes
         self.marks: dict[str, float] = {}
+        self.algorithm = ""  # how its last bundle was verified: sha256 (recorded by the server) or md5
 
     def _headers(self, method: str, url: str, body: bytes) -> dict:
         c = self.creds
@@ -345,18 +351,19 @@ class SimulatedAgent:
         payload = {"jobId": job_id, "seq": self.seq, "step": step, **fields}
         await self._retrying(lambda: self._post_once("/_agent/v1/report", payload, 30), f"report {step}")
 
-    async def _download(self, job_id: str, offered: str | None) -> tuple[str, str]:
-        """The real agent's download (Deployer._download) in a worker: the poll answer's `bundleUrl` (a
-        sendfile ticket) if it offered one, else the channel with `direct=1` and its redirect; the server
-        itself if the redirect's target fails; `Range` resume after a dropped connection."""
+    async def _download(self, deployment: dict) -> str | None:
+        """The real agent's download and check (Deployer._fetch_bundle) in a worker: the poll answer's
+        `bundleUrl` (a sendfile ticket) if it offered one, else the channel with `direct=1` and its
+        redirect; the server itself if the redirect's target fails; `Range` resume after a dropped
+        connection; the ETag, and the bytes' SHA-256 (or MD5). Returns the failure code, if any."""
         self.marks.setdefault("requested", time.time())
         result = await self.downloads.run(
-            download_as_robot, self.endpoint, self.creds, str(self.work), job_id, offered
+            download_as_robot, self.endpoint, self.creds, str(self.work), deployment
         )
         if result["first_byte"] is not None:
             self.marks["first_byte"] = result["first_byte"]
         self.marks["downloaded"] = time.time()
-        return result["etag"], result["md5"]
+        return result["failure"]
 
     async def run(self) -> None:
         while not self.stop:
@@ -377,10 +384,10 @@ class SimulatedAgent:
             # As the real agent: reports leave through the outbox, in order, while the deployment goes on.
             validating = asyncio.create_task(self._report(job_id, "Validating"))
             validating.add_done_callback(lambda _: self.marks.setdefault("validating_acked", time.time()))
-            etag, md5 = await self._download(job_id, deployment.get("bundleUrl"))
+            self.algorithm = "sha256" if deployment["source"].get("sha256") else "md5"
+            failure = await self._download(deployment)
             await validating
-            ok = etag == md5 == deployment["source"]["etag"]
-            outcome = {"outcome": "Succeeded"} if ok else {"outcome": "Failed", "failureCode": "EtagMismatch"}
+            outcome = {"outcome": "Failed", "failureCode": failure} if failure else {"outcome": "Succeeded"}
             self.marks["finished_sent"] = time.time()
             await self._report(job_id, "Finished", **outcome)
             self.marks["finished_acked"] = time.time()
@@ -502,22 +509,26 @@ server.serve_forever()
 
 
 def transport_floor(
-    bundle: Path, etag: str, work: Path, copies: int, parallel: int, downloads: Downloads
+    bundle: Path, etag: str, work: Path, copies: int, parallel: int, downloads: Downloads, algorithm: str
 ) -> dict:
     """The floor of this host for the deployment's data path: the agent's own download (agent/fetch.py:
-    fresh connection, each piece hashed and written as it arrives, ETag check, delete) from
-    STATIC_SERVER, in the same waves and the same workers, with no authorization or bookkeeping at all."""
+    fresh connection, each piece hashed with `algorithm` as the deployment's agents did and written as it
+    arrives, digest check, delete) from STATIC_SERVER, in the same waves and the same workers, with no
+    authorization or bookkeeping at all."""
     process = subprocess.Popen(
         [sys.executable, "-c", STATIC_SERVER, str(bundle), etag], stdout=subprocess.PIPE, text=True
     )
     try:
         url = f"http://127.0.0.1:{int(process.stdout.readline())}/bundle"
+        digest = (algorithm, file_digest(bundle, algorithm))
 
         server_cpu, own_cpu, workers_cpu = cpu_seconds(process.pid), time.process_time(), downloads.cpu
         started = time.perf_counter()
         for wave_start in range(0, copies, parallel):
             wave = range(wave_start, min(copies, wave_start + parallel))
-            downloads.run_wave(download_from_static, [(url, str(work / f"floor-{index}")) for index in wave])
+            downloads.run_wave(
+                download_from_static, [(url, str(work / f"floor-{index}"), *digest) for index in wave]
+            )
         return {
             "seconds": time.perf_counter() - started,
             "server_cpu": cpu_seconds(process.pid) - server_cpu,
@@ -652,6 +663,7 @@ async def deploy(
         "server_split": server_split,
         "bench_cpu": bench_cpu,
         "workers_cpu": workers_cpu,
+        "algorithms": {agent.algorithm for agent in agents},
         "waves": waves,
         "errors": [error for agent in agents for error in agent.errors],
     }
@@ -724,15 +736,16 @@ def main() -> int:
                 )
             )
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
-        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel, downloads)
+        (algorithm,) = result["algorithms"]
+        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel, downloads, algorithm)
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
         ideal, ideal_cpu = sorted(ideals)[len(ideals) // 2]
         mib = args.robots * args.size_mb  # MiB delivered (the bundle is size_mb MiB)
         per_agent_kib = (result["idle_rss_kib"] - result["baseline_rss_kib"]) / args.robots
         print(
             f"robots {args.robots}, bundle {args.size_mb} MB, {args.percentage}% -> waves of {parallel}; "
-            f"agents download with the agent's code in {args.downloads}es (nice {AGENT_NICE}), poll and "
-            f"report with {args.control}; "
+            f"agents download with the agent's code in {args.downloads}es (nice {AGENT_NICE}) and verify "
+            f"with {algorithm}, poll and report with {args.control}; "
             f"load average before {load_before}"
         )
         print(f"deployment: {result['status']} ({result['insync']} InSync) in {result['seconds']:.2f} s")

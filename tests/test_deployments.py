@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -29,7 +30,7 @@ from deploy_helpers import (
 )
 from helpers import REGION, most_at_once, running_server
 from openrobomaker.agent.client import AgentClient, RobotCredentials
-from openrobomaker.agent.deployer import Deployer
+from openrobomaker.agent.deployer import Deployer, StepFailed
 from openrobomaker.agent.state import WorkDir
 from openrobomaker.api import agent_blobs
 from openrobomaker.config import ConfigError, build_settings
@@ -368,6 +369,49 @@ def test_local_bundle_by_sendfile_ticket(env, tmp_path):
     assert [e["event"] for e in events] == ["direct-download-failed", "download", "download"]
     assert events[1]["source"].endswith("/blob") and events[2]["source"].endswith("/blob")
     assert events[2]["start"] == half
+    client.close()
+    rm.cancel_deployment_job(job=job)
+
+
+def test_bundle_bytes_checked_with_the_recorded_sha256(env, tmp_path):
+    """The local store records a SHA-256 beside each ETag; the deployment carries it (never the API's
+    Source shape) and the agent verifies the bytes with it: bytes changed in place, where the store and
+    the sendfile ticket still see the same object and ETag, fail the robot with EtagMismatch."""
+    rm, server, store = env["rm"], env["server"], env["store"]
+    app = robot_application(rm, store, tmp_path, "sha-app")
+    described = rm.describe_robot_application(application=app["arn"], applicationVersion="1")
+    assert [set(source) for source in described["sources"]] == [{"s3Bucket", "s3Key", "etag", "architecture"}]
+    fleet = rm.create_fleet(name="sha")["arn"]
+    robot = add_robot(server, rm, tmp_path, fleet, "sha-r0", start=False).robot_arn
+    job = deploy(rm, fleet, {**app, "_configs": app_config(app)}, concurrentDeploymentPercentage=100)
+    wait_until(
+        lambda: rm.describe_deployment_job(job=job)["robotDeploymentSummary"][0]["status"] == "Deploying",
+        what="the robot's wave to start",
+    )
+    creds = robot_credentials(server.endpoint, robot)
+    key = (creds["accessKeyId"], creds["secretAccessKey"])
+    deployment = signed_post(
+        server.endpoint, "/_agent/v1/poll", {"robot": robot, "current": None}, key
+    ).json()["deployment"]
+    bundle = store.local_path("bundles", app["key"])
+    assert deployment["source"]["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    client = AgentClient(server.endpoint, RobotCredentials(robot, REGION, *key))
+    deployer = Deployer(
+        WorkDir(tmp_path / "agent"), client, None, lambda *args, **fields: None, lambda job: False
+    )
+    dest = tmp_path / "bundle"
+    deployer._fetch_bundle(deployment, dest)
+    assert dest.read_bytes() == bundle.read_bytes()
+
+    before = bundle.stat()
+    damaged = bytearray(bundle.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    bundle.write_bytes(damaged)  # in place: same inode and size
+    os.utime(bundle, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.head("bundles", app["key"]).etag == deployment["source"]["etag"]  # the ETag cannot tell
+    with pytest.raises(StepFailed) as failed:
+        deployer._fetch_bundle({**deployment, "bundleUrl": None}, dest)
+    assert failed.value.code == "EtagMismatch" and "SHA-256" in failed.value.reason
     client.close()
     rm.cancel_deployment_job(job=job)
 

@@ -48,18 +48,21 @@ MISSING_RESOURCE_MARKERS = (
 
 
 class _Hashed:
-    """The MD5 of a download's file, kept across resumed attempts (agent/fetch.py's `digest`): every byte
+    """The digest (MD5 or SHA-256) of a download's file, kept across resumed attempts (agent/fetch.py's `digest`): every byte
     is hashed once, as it is received. When the body resumes anywhere but where the hashed bytes end (a
     write failed half way, or the server sent more than asked), the digest is rebuilt from the file."""
 
-    def __init__(self, dest: Path):
-        self.dest = dest
+    def __init__(self, dest: Path, algorithm: str = "md5"):
+        self.dest, self.algorithm = dest, algorithm
         self.count = 0
-        self.digest = hashlib.md5(usedforsecurity=False)
+        self.digest = self._fresh()
+
+    def _fresh(self) -> Any:
+        return hashlib.new(self.algorithm, usedforsecurity=False)
 
     def __call__(self, offset: int) -> _Hashed:
         if offset != self.count:
-            self.digest, self.count = hashlib.md5(usedforsecurity=False), 0
+            self.digest, self.count = self._fresh(), 0
             if offset:
                 with open(self.dest, "rb") as handle:
                     while self.count < offset and (
@@ -183,15 +186,21 @@ class Deployer:
             )
 
     def _download(
-        self, path: str, job_id: str, dest: Path, progress: bool, offered: str | None = None
+        self,
+        path: str,
+        job_id: str,
+        dest: Path,
+        progress: bool,
+        offered: str | None = None,
+        algorithm: str = "md5",
     ) -> tuple[str, str]:
         """Fetch from the URL the server offered in the poll answer (`offered`) or redirects to (S3
         presigned, or its sendfile listener for the local store), else (or when that URL fails) through
         the server; resume after network failures. The bytes are hashed as they arrive, once in all.
-        Returns (ETag header, md5 hex)."""
+        Returns (ETag header, hex digest with `algorithm`)."""
         attempts = 0
         direct = True
-        hashed = _Hashed(dest)
+        hashed = _Hashed(dest, algorithm)
         while True:
             start = dest.stat().st_size if dest.exists() else 0
             try:
@@ -253,17 +262,7 @@ class Deployer:
     def _download_and_extract(self, deployment: dict[str, Any], directory: Path) -> ExtractedBundle:
         job_id = deployment["jobId"]
         archive = directory / "bundle"
-        archive.unlink(missing_ok=True)
-        offered = deployment.get("bundleUrl")
-        etag, md5 = self._download("/_agent/v1/bundle", job_id, archive, progress=True, offered=offered)
-        expected = deployment["source"]["etag"]
-        # A single-part upload's ETag is the MD5 of its bytes; a multipart one ("…-N") is checked by value.
-        if etag != expected or ("-" not in expected and md5 != expected):
-            raise StepFailed(
-                "EtagMismatch",
-                f"s3://{deployment['source']['s3Bucket']}/{deployment['source']['s3Key']} has ETag "
-                f"{etag or md5}, the application version recorded {expected}",
-            )
+        self._fetch_bundle(deployment, archive)
         self._step(job_id, "DownloadingExtracting", percentDone=100.0, estimatedTimeRemainingSeconds=0)
         target = directory / "app"
         remove_tree(target)
@@ -273,6 +272,34 @@ class Deployer:
             raise StepFailed("ExtractingBundleFailure", str(exc)) from exc
         archive.unlink(missing_ok=True)
         return bundle
+
+    def _fetch_bundle(self, deployment: dict[str, Any], archive: Path) -> None:
+        """The deployment's bundle into `archive`, verified; StepFailed("EtagMismatch") if it is not the
+        object the application version pinned."""
+        job_id = deployment["jobId"]
+        archive.unlink(missing_ok=True)
+        offered = deployment.get("bundleUrl")
+        source = deployment["source"]
+        # The object must be the one the version pinned (its ETag) and the bytes must be its bytes: checked
+        # with the SHA-256 the server recorded with the ETag when it has one (the local store), else with
+        # the MD5 a single-part upload's ETag is (a multipart one, "…-N", is checked by value only).
+        algorithm = "sha256" if source.get("sha256") else "md5"
+        etag, digest = self._download(
+            "/_agent/v1/bundle", job_id, archive, progress=True, offered=offered, algorithm=algorithm
+        )
+        expected = source["etag"]
+        where = f"s3://{source['s3Bucket']}/{source['s3Key']}"
+        if etag != expected or (algorithm == "md5" and "-" not in expected and digest != expected):
+            raise StepFailed(
+                "EtagMismatch",
+                f"{where} has ETag {etag or digest}, the application version recorded {expected}",
+            )
+        if algorithm == "sha256" and digest != source["sha256"]:
+            raise StepFailed(
+                "EtagMismatch",
+                f"the bytes received from {where} (SHA-256 {digest}) are not those of ETag {expected} "
+                f"(SHA-256 {source['sha256']})",
+            )
 
     def _download_condition(self, deployment: dict[str, Any], directory: Path) -> None:
         condition = deployment.get("downloadConditionFile")

@@ -19,16 +19,18 @@ from openrobomaker.objectstore.base import (
     ObjectStoreError,
 )
 
-# ETags live beside the data so that a HEAD never re-reads a multi-GB bundle.
+# ETags (and SHA-256s) live beside the data so that a HEAD never re-reads a multi-GB bundle.
 _META_DIR = ".openrobomaker-etags"
 
 
-def md5_of_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def digests_of_file(path: Path) -> tuple[str, str]:
+    """(MD5, SHA-256) of the file in one read."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            md5.update(chunk)
+            sha256.update(chunk)
+    return md5.hexdigest(), sha256.hexdigest()
 
 
 class LocalObjectStore(ObjectStore):
@@ -76,31 +78,25 @@ class LocalObjectStore(ObjectStore):
             raise NoSuchKey(f"s3://{bucket}/{key}")
         etag_path = self._etag_path(bucket, key)
         stat = path.stat()
-        etag = None
         try:
-            recorded = etag_path.read_text().split()
-            # The recorded ETag is only trusted while the file is the one it was computed for.
-            if (
-                len(recorded) == 3
-                and int(recorded[1]) == stat.st_mtime_ns
-                and int(recorded[2]) == stat.st_size
-            ):
-                etag = recorded[0]
+            # "ETAG MTIME_NS SIZE SHA256" (files written before SHA-256 was recorded have three fields:
+            # read again once). Only trusted while the file is the one they were computed for.
+            etag, mtime_ns, size, sha256 = etag_path.read_text().split()
+            if int(mtime_ns) == stat.st_mtime_ns and int(size) == stat.st_size:
+                return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=etag, sha256=sha256)
         except (OSError, ValueError):
             pass
-        if etag is None:
-            etag = self._record_etag(bucket, key, path)
-        return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=etag)
+        return self._record_digests(bucket, key, path)
 
-    def _record_etag(self, bucket: str, key: str, path: Path) -> str:
-        etag = md5_of_file(path)
+    def _record_digests(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        etag, sha256 = digests_of_file(path)
         stat = path.stat()
         etag_path = self._etag_path(bucket, key)
         etag_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = etag_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(f"{etag} {stat.st_mtime_ns} {stat.st_size}")
+        tmp.write_text(f"{etag} {stat.st_mtime_ns} {stat.st_size} {sha256}")
         os.replace(tmp, etag_path)
-        return etag
+        return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=etag, sha256=sha256)
 
     def local_path(self, bucket: str, key: str) -> Path:
         """Where the object's bytes are on this machine's disk (the agent channel serves them with
@@ -146,8 +142,7 @@ class LocalObjectStore(ObjectStore):
             if tmp_name is not None:
                 Path(tmp_name).unlink(missing_ok=True)
             raise ObjectStoreError(f"cannot write s3://{bucket}/{key}: {exc}") from exc
-        etag = self._record_etag(bucket, key, path)
-        return ObjectInfo(bucket=bucket, key=key, size=path.stat().st_size, etag=etag)
+        return self._record_digests(bucket, key, path)
 
     def upload(self, src: Path, bucket: str, key: str) -> ObjectInfo:
         def copy(out: BinaryIO) -> None:

@@ -119,6 +119,8 @@ def _resolve_sources(platform: Any, sources: list[dict[str, Any]]) -> list[dict[
                 "s3Key": source["s3Key"],
                 "etag": info.etag,
                 "architecture": source["architecture"],
+                # not part of the API's Source: for robot agents, which verify the bytes with it
+                **({"sha256": info.sha256} if info.sha256 else {}),
             }
         )
     return resolved
@@ -177,6 +179,9 @@ def _check_revision(current: str | None, latest_row) -> None:
 # --- views -----------------------------------------------------------------------------------------
 
 
+_SOURCE_FIELDS = frozenset({"s3Bucket", "s3Key", "etag", "architecture"})  # the API's Source shape
+
+
 def _view(app_row, version_row, *, with_etags: bool) -> dict[str, Any]:
     spec = version_row.spec
     view: dict[str, Any] = {
@@ -189,7 +194,8 @@ def _view(app_row, version_row, *, with_etags: bool) -> dict[str, Any]:
     }
     if "sources" in spec:
         # $LATEST resolves at use time, so RoboMaker showed no etag there; versions carry the one they pinned.
-        view["sources"] = [{k: v for k, v in s.items() if with_etags or k != "etag"} for s in spec["sources"]]
+        shown = _SOURCE_FIELDS if with_etags else _SOURCE_FIELDS - {"etag"}
+        view["sources"] = [{k: v for k, v in s.items() if k in shown} for s in spec["sources"]]
     for key in ("simulationSoftwareSuite", "renderingEngine", "environment"):
         if key in spec:
             view[key] = spec[key]

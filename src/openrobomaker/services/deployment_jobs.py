@@ -448,8 +448,7 @@ def _deployment_for_agent(reader, robot, row, job) -> dict[str, Any] | None:
         "application": {"arn": app["arn"], "name": app["name"], "version": app["version"]},
         "softwareSuite": app["softwareSuite"],
         "architecture": robot.architecture,
-        "source": source
-        and {"s3Bucket": source["s3Bucket"], "s3Key": source["s3Key"], "etag": source["etag"]},
+        "source": source and {k: source[k] for k in ("s3Bucket", "s3Key", "etag", "sha256") if k in source},
         "launchConfig": config["launchConfig"],
         "robotTagEnvironment": _robot_env_tags(tag_rules.load_tags(reader, robot.arn)),
         "downloadConditionFile": deployment_config.get("downloadConditionFile"),

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import running_server  # noqa: E402
 from openrobomaker.agent import fetch  # noqa: E402
 from openrobomaker.agent.client import AgentClient, RobotCredentials, sign  # noqa: E402
-from openrobomaker.agent.deployer import Deployer, StepFailed  # noqa: E402
+from openrobomaker.agent.deployer import Deployer, StepFailed, verification_digest  # noqa: E402
 from openrobomaker.agent.state import WorkDir  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 from openrobomaker.services.deployment_jobs import wave_size  # noqa: E402
@@ -314,7 +314,7 @@ class SimulatedAgent:
         self.errors: list[str] = []  # transport errors / 5xx retried, for the report
         # this agent's clock (time.time()) at each step of its last deployment: where the time goes
         self.marks: dict[str, float] = {}
-        self.algorithm = ""  # how its last bundle was verified: sha256 (recorded by the server) or md5
+        self.algorithm = ""  # how its last bundle was verified (agent/deployer.py verification_digest)
 
     def _headers(self, method: str, url: str, body: bytes) -> dict:
         c = self.creds
@@ -384,7 +384,7 @@ class SimulatedAgent:
             # As the real agent: reports leave through the outbox, in order, while the deployment goes on.
             validating = asyncio.create_task(self._report(job_id, "Validating"))
             validating.add_done_callback(lambda _: self.marks.setdefault("validating_acked", time.time()))
-            self.algorithm = "sha256" if deployment["source"].get("sha256") else "md5"
+            self.algorithm = verification_digest(deployment["source"])
             failure = await self._download(deployment)
             await validating
             outcome = {"outcome": "Failed", "failureCode": failure} if failure else {"outcome": "Succeeded"}

@@ -29,6 +29,7 @@ from deploy_helpers import (
     wait_until,
 )
 from helpers import REGION, most_at_once, running_server
+from openrobomaker.agent import deployer as deployer_module
 from openrobomaker.agent.client import AgentClient, RobotCredentials
 from openrobomaker.agent.deployer import Deployer, StepFailed
 from openrobomaker.agent.state import WorkDir
@@ -373,16 +374,19 @@ def test_local_bundle_by_sendfile_ticket(env, tmp_path):
     rm.cancel_deployment_job(job=job)
 
 
-def test_bundle_bytes_checked_with_the_recorded_sha256(env, tmp_path):
+@pytest.mark.parametrize("faster", ["sha256", "md5"])
+def test_bundle_bytes_checked_with_the_recorded_sha256_or_md5(env, tmp_path, monkeypatch, faster):
     """The local store records a SHA-256 beside each ETag; the deployment carries it (never the API's
-    Source shape) and the agent verifies the bytes with it: bytes changed in place, where the store and
-    the sendfile ticket still see the same object and ETag, fail the robot with EtagMismatch."""
+    Source shape) and the agent verifies the bytes with it or with the MD5, whichever its CPU hashes
+    faster: bytes changed in place, where the store and the sendfile ticket still see the same object and
+    ETag, fail the robot with EtagMismatch either way."""
+    monkeypatch.setattr(deployer_module, "_faster_digest", lambda: faster)
     rm, server, store = env["rm"], env["server"], env["store"]
-    app = robot_application(rm, store, tmp_path, "sha-app")
+    app = robot_application(rm, store, tmp_path, f"sha-app-{faster}")
     described = rm.describe_robot_application(application=app["arn"], applicationVersion="1")
     assert [set(source) for source in described["sources"]] == [{"s3Bucket", "s3Key", "etag", "architecture"}]
-    fleet = rm.create_fleet(name="sha")["arn"]
-    robot = add_robot(server, rm, tmp_path, fleet, "sha-r0", start=False).robot_arn
+    fleet = rm.create_fleet(name=f"sha-{faster}")["arn"]
+    robot = add_robot(server, rm, tmp_path, fleet, f"sha-r0-{faster}", start=False).robot_arn
     job = deploy(rm, fleet, {**app, "_configs": app_config(app)}, concurrentDeploymentPercentage=100)
     wait_until(
         lambda: rm.describe_deployment_job(job=job)["robotDeploymentSummary"][0]["status"] == "Deploying",
@@ -411,7 +415,8 @@ def test_bundle_bytes_checked_with_the_recorded_sha256(env, tmp_path):
     assert store.head("bundles", app["key"]).etag == deployment["source"]["etag"]  # the ETag cannot tell
     with pytest.raises(StepFailed) as failed:
         deployer._fetch_bundle({**deployment, "bundleUrl": None}, dest)
-    assert failed.value.code == "EtagMismatch" and "SHA-256" in failed.value.reason
+    name = {"sha256": "SHA-256", "md5": "MD5"}[faster]
+    assert failed.value.code == "EtagMismatch" and f"({name} " in failed.value.reason, failed.value.reason
     client.close()
     rm.cancel_deployment_job(job=job)
 

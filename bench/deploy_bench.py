@@ -53,7 +53,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import running_server  # noqa: E402
 from openrobomaker.agent import fetch  # noqa: E402
 from openrobomaker.agent.client import AgentClient, RobotCredentials, sign  # noqa: E402
-from openrobomaker.agent.deployer import Deployer, StepFailed, verification_digest  # noqa: E402
+from openrobomaker.agent.deployer import (  # noqa: E402
+    Deployer,
+    StepFailed,
+    faster_digest,
+    verification_digest,
+)
 from openrobomaker.agent.state import WorkDir  # noqa: E402
 from openrobomaker.objectstore import ObjectStoreConfig, open_store  # noqa: E402
 from openrobomaker.services.deployment_jobs import wave_size  # noqa: E402
@@ -122,6 +127,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)  # Linux: 0 is the calling thread
 
 
+def _start_worker() -> None:
+    """A download worker stands in for robots whose agents are already running: lower priority (above),
+    and the agent's start-up measurement of its faster digest done, as each agent does when it starts."""
+    _lower_priority()
+    faster_digest()
+
+
 class Downloads:
     """Where the simulated robots' downloads run: each is the agent's own `Deployer._download`, one per
     worker at a time.
@@ -134,7 +146,7 @@ class Downloads:
     def __init__(self, kind: str, count: int):
         self.kind, self.cpu = kind, 0.0  # cpu: the workers' CPU seconds (processes only; threads are ours)
         if kind == "process":
-            self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_lower_priority)
+            self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_start_worker)
         else:
             self.threads = ThreadPoolExecutor(
                 count, thread_name_prefix="agent-download", initializer=_lower_priority

@@ -380,7 +380,7 @@ def test_bundle_bytes_checked_with_the_recorded_sha256_or_md5(env, tmp_path, mon
     Source shape) and the agent verifies the bytes with it or with the MD5, whichever its CPU hashes
     faster: bytes changed in place, where the store and the sendfile ticket still see the same object and
     ETag, fail the robot with EtagMismatch either way."""
-    monkeypatch.setattr(deployer_module, "_faster_digest", lambda: faster)
+    monkeypatch.setattr(deployer_module, "faster_digest", lambda: faster)
     rm, server, store = env["rm"], env["server"], env["store"]
     app = robot_application(rm, store, tmp_path, f"sha-app-{faster}")
     described = rm.describe_robot_application(application=app["arn"], applicationVersion="1")

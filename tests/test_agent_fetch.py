@@ -3,6 +3,7 @@ bundle can come in, and what is kept when the connection drops."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -285,3 +286,37 @@ def test_http_proxy_from_the_environment(servers, tmp_path, monkeypatch):
     fetch.get(f"http://localhost:{direct.port}/bundle", {}, tmp_path / "c")
     assert (tmp_path / "c").read_bytes() == b"not through the proxy"
     assert len(proxy.requests) == 1 and direct.requests[0].startswith("GET /bundle HTTP/1.1")
+
+
+def test_https_through_a_connect_proxy(servers, tmp_path, monkeypatch):
+    context, cert_path = _self_signed(tmp_path)
+    origin = servers(serve_body(), tls=context)
+
+    def tunnel(head: str, conn: socket.socket) -> None:
+        """A CONNECT proxy: checks the credentials, then relays bytes both ways."""
+        target = head.split(" ", 2)[1]
+        assert target == f"127.0.0.1:{origin.port}" and "Proxy-Authorization: Basic" in head
+        upstream = socket.create_connection(("127.0.0.1", origin.port))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        back.start()
+        pump(conn, upstream)
+        back.join(10)
+        upstream.close()
+
+    proxy = servers(tunnel)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://robot:pw@127.0.0.1:{proxy.port}")
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    answer = fetch.get(origin.url(scheme="https"), {}, tmp_path / "b")
+    assert answer.status == 200 and (tmp_path / "b").read_bytes() == BODY
+    assert len(proxy.requests) == 1 and proxy.requests[0].startswith("CONNECT 127.0.0.1:")

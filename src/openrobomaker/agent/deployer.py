@@ -74,9 +74,10 @@ def faster_digest() -> str:
 
 
 class _Hashed:
-    """The digest (MD5 or SHA-256) of a download's file, kept across resumed attempts (agent/fetch.py's `digest`): every byte
-    is hashed once, as it is received. When the body resumes anywhere but where the hashed bytes end (a
-    write failed half way, or the server sent more than asked), the digest is rebuilt from the file."""
+    """The digest (MD5 or SHA-256) of a download's file, kept across resumed attempts (agent/fetch.py's
+    `digest`): every byte is hashed once, as it is received. When the body resumes anywhere but where the
+    hashed bytes end (a write failed half way, or the server sent more than asked), the digest is rebuilt
+    from the file."""
 
     def __init__(self, dest: Path, algorithm: str = "md5"):
         self.dest, self.algorithm = dest, algorithm

@@ -69,10 +69,6 @@ def file_digest(path: Path, algorithm: str) -> str:
         return hashlib.file_digest(handle, lambda: hashlib.new(algorithm, usedforsecurity=False)).hexdigest()
 
 
-def md5_hex(path: Path) -> str:
-    return file_digest(path, "md5")
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -749,7 +745,9 @@ def main() -> int:
             )
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
         (algorithm,) = result["algorithms"]
-        floor = transport_floor(bundle, md5_hex(bundle), work, args.robots, parallel, downloads, algorithm)
+        floor = transport_floor(
+            bundle, file_digest(bundle, "md5"), work, args.robots, parallel, downloads, algorithm
+        )
         ideals.append(ideal_copy_once(work, bundle, args.robots, parallel))
         ideal, ideal_cpu = sorted(ideals)[len(ideals) // 2]
         mib = args.robots * args.size_mb  # MiB delivered (the bundle is size_mb MiB)

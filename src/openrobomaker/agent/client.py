@@ -151,7 +151,7 @@ class AgentClient:
                 return answer
             location = urljoin(url, answer.headers["location"])
         # A plain GET: the URL carries its own signature or ticket; our SigV4 headers must not go to S3.
-        where = location.split("?")[0]
+        where = fetch.without_query(location)
         try:
             answer = fetch.get(location, {}, dest, start, DOWNLOAD_TIMEOUT_SECONDS, progress, digest)
         except (OSError, ValueError) as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from openrobomaker.agent import fetch
 from openrobomaker.agent.client import AgentClient, ChannelError, DirectDownloadFailed
 from openrobomaker.agent.state import WorkDir
 from openrobomaker.agent.supervisor import App, Supervisor, bundle_record, clean_environment
@@ -282,8 +283,8 @@ class Deployer:
         answer = self.client.download(
             path, job_id, dest, start, direct, offered, report_progress if progress else None, hashed
         )
-        # where the bytes came from: the server, or S3 by presigned URL (no query: it holds a signature)
-        source = answer.url.split("?", 1)[0]
+        # where the bytes came from: the server, or S3 by presigned URL
+        source = fetch.without_query(answer.url)
         self.work.journal(job=job_id, event="download", path=path, start=start, source=source)
         return answer.headers.get("etag", "").strip('"')
 

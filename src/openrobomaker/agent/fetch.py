@@ -73,13 +73,14 @@ def get(
             return answer
         offset = _content_range_start(answer_headers) if status == 206 else 0
         if offset is None or offset > start:
-            raise ConnectionError(f"{_without_query(url)} answered a range we did not ask for")
+            raise ConnectionError(f"{without_query(url)} answered a range we did not ask for")
         hasher = digest(offset) if digest is not None else None
         answer.size = reader.read_body_into(dest, offset, answer_headers, _FileSink(progress, hasher))
         return answer
 
 
-def _without_query(url: str) -> str:
+def without_query(url: str) -> str:
+    """The URL as it may be logged: a presigned URL's query is its signature."""
     return url.split("?", 1)[0]
 
 
@@ -92,7 +93,7 @@ def _connect(url: str, timeout: float):
     the headers a plain-HTTP proxy wants with the request."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {_without_query(url)}")
+        raise ValueError(f"not an http(s) URL: {without_query(url)}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = parts.path or "/"
     if parts.query:
@@ -175,8 +176,8 @@ def _content_range_start(headers: dict[str, str]) -> int | None:
 
 
 class _Reader:
-    """The answer on one socket: the head through a small buffer, then the body by the fastest way the
-    connection allows."""
+    """The answer on one socket: the head through a small buffer, then the body into one reused buffer
+    (or, chunked, through the small one)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock

@@ -94,8 +94,12 @@ class Isolation:
         del mounts
         return False
 
-    def stop(self) -> None:
-        pass
+    def stop(self, wait: bool = True) -> None:
+        """End what the job's processes run in; wait=False leaves the waiting to wait_stopped()."""
+        del wait
+
+    def wait_stopped(self) -> None:
+        """Until what stop() ended is gone."""
 
     def job_pids(self) -> list[int] | None:
         """Where the job's processes can be, for the marker searches; None: anywhere on the host."""
@@ -108,6 +112,7 @@ class NamespaceIsolation(Isolation):
         self.mode = "userns" if user_namespace else "netns"
         self.master_port = ROS_MASTER_PORT
         self.holder = holder
+        self.ending: ns_holder.ForkedHolder | None = None  # killed by stop(wait=False), not yet waited for
         self.namespace_dir: Path | None = None
         self.pid_namespace: str | None = None  # e.g. "pid:[4026532301]", read while the holder lives
 
@@ -203,12 +208,19 @@ class NamespaceIsolation(Isolation):
             return False
         return True
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         """End the namespaces: pid 1 is killed, and with it every process still in the job."""
         if self.holder is None:
             return
-        self.holder.kill()
-        self.holder = None
+        self.holder.kill(wait)
+        self.ending, self.holder = (None if wait else self.holder), None
+
+    def wait_stopped(self) -> None:
+        """Until pid 1 is gone: its exit (the kernel ending the namespaces and what is left in them) takes
+        milliseconds of wall time on a busy host, which the runner need not spend holding its turn."""
+        if self.ending is not None:
+            self.ending.wait()
+            self.ending = None
 
 
 def _children(pid: int) -> list[int] | None:

@@ -221,6 +221,7 @@ class JobRun:
             "run finished: %s %s %s", result.outcome, result.failure_code or "", result.failure_reason or ""
         )
         self.turns.give()  # before waiting for the control plane's acknowledgement
+        self._await_end()
         self.final_acknowledged = self.reporter.finish(
             result.outcome, result.failure_code, result.failure_reason
         )
@@ -653,7 +654,9 @@ class JobRun:
         scope = self._leftover_scope()
         if self.isolation is not None:
             try:
-                self.isolation.stop()  # pid 1 of the job is killed: the kernel kills what is left in it
+                # pid 1 of the job is killed: the kernel kills what is left in it. Its death is waited
+                # for once the turn is given back (_await_end), before the final report.
+                self.isolation.stop(wait=False)
             except Exception:
                 log.exception("stopping the namespace holder failed")
         for process in (infra.service_node, infra.rosout, infra.master):
@@ -662,6 +665,14 @@ class JobRun:
         kill_marked_processes(RUN_MARKER_VAR, self.run_marker, scope=scope)
         for sink in infra.sinks:
             sink.close()
+
+    def _await_end(self) -> None:
+        """The job has ended once nothing of it runs: pid 1's death, before the final report says so."""
+        if self.isolation is not None:
+            try:
+                self.isolation.wait_stopped()
+            except Exception:
+                log.exception("waiting for the job's namespaces to end failed")
 
     def _leftover_scope(self) -> Callable[[], list[int] | None] | None:
         """Where the run's processes can still be once its namespace is gone: in that namespace (empty, as

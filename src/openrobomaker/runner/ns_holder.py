@@ -443,17 +443,27 @@ class ForkedHolder:
 
     def close(self) -> None:
         """Hang up: pid 1 exits, and the kernel kills everything left in the job's pid namespace."""
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.child, 0)
+        self._hang_up()
+        self.wait()
 
-    def kill(self) -> None:
-        """End the namespace now (no wait for pid 1 to notice the hang-up)."""
+    def kill(self, wait: bool = True) -> None:
+        """End the namespace now (no wait for pid 1 to notice the hang-up); with wait=False, return once
+        pid 1 has its SIGKILL and let the caller wait() for its death later."""
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, signal.SIGKILL)
-        self.close()
+        self._hang_up()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until pid 1 (and so every process of the job's pid namespace) is gone."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.child, 0)
+
+    def _hang_up(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 def main(argv: list[str]) -> int:

@@ -1,11 +1,14 @@
-"""Download an application's bundle from the object store, check its ETag and extract it safely."""
+"""An application's bundle for a run: its ETag checked, downloaded and extracted safely once per host."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from openrobomaker.bundles import BundleError, ExtractedBundle, ExtractionLimits, extract_bundle
+from openrobomaker.bundles import cache as bundle_cache
 from openrobomaker.objectstore import NoSuchBucket, NoSuchKey, ObjectStore, ObjectStoreError
 from openrobomaker.runner.failures import (
     INTERNAL_SERVICE_ERROR,
@@ -18,6 +21,8 @@ from openrobomaker.runner.failures import (
 from openrobomaker.runner.spec import ApplicationSpec, SourceObject
 
 log = logging.getLogger(__name__)
+
+_REPLACED_RETRIES = 3  # an unpinned ($LATEST) bundle replaced between HEAD and GET is fetched again
 
 
 def normalise_etag(etag: str | None) -> str | None:
@@ -34,15 +39,18 @@ def _check_etag(app: ApplicationSpec, source: SourceObject, actual: str) -> None
         )
 
 
-def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path) -> SourceObject:
-    """Download the app's bundle (its first source: the control plane already picked the architecture)."""
+def _source_of(app: ApplicationSpec) -> SourceObject:
+    """The app's bundle: its first source (the control plane already picked the architecture)."""
     if not app.sources:
         raise JobFailure(INTERNAL_SERVICE_ERROR, f"{app_label(app)} has no sources to download")
-    source = app.sources[0]
+    return app.sources[0]
+
+
+@contextlib.contextmanager
+def _store_errors(app: ApplicationSpec, source: SourceObject) -> Iterator[None]:
     where = f"s3://{source.s3_bucket}/{source.s3_key}"
     try:
-        _check_etag(app, source, store.head(source.s3_bucket, source.s3_key).etag)
-        info = store.download(source.s3_bucket, source.s3_key, dest)
+        yield
     except NoSuchBucket as exc:
         raise JobFailure(
             bundle_unreadable_code(app),
@@ -59,9 +67,31 @@ def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path) -> Sou
             bundle_unreadable_code(app),
             f"The bundle of {app_label(app)} could not be downloaded from {where}: {exc}",
         ) from exc
-    # The object may have been replaced between HEAD and GET.
-    _check_etag(app, source, info.etag)
+
+
+def current_etag(store: ObjectStore, app: ApplicationSpec) -> str:
+    """The bundle object's ETag now, once checked against the one the application version pinned."""
+    source = _source_of(app)
+    with _store_errors(app, source):
+        etag = store.head(source.s3_bucket, source.s3_key).etag
+    _check_etag(app, source, etag)
+    return etag
+
+
+def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path, etag: str) -> SourceObject:
+    """Download the bundle whose HEAD gave `etag` (already checked against the pinned one)."""
+    source = _source_of(app)
+    with _store_errors(app, source):
+        info = store.download(source.s3_bucket, source.s3_key, dest)
+    if normalise_etag(info.etag) != normalise_etag(etag):
+        # Replaced between HEAD and GET: a pinned version fails; $LATEST starts again from the HEAD.
+        _check_etag(app, source, info.etag)
+        raise _ReplacedWhileDownloading(f"ETag {etag}, then {info.etag}")
     return source
+
+
+class _ReplacedWhileDownloading(Exception):
+    pass
 
 
 def fetch_application(
@@ -72,16 +102,52 @@ def fetch_application(
     cache_dir: Path,
     limits: ExtractionLimits | None = None,
 ) -> ExtractedBundle:
-    source = download_bundle(store, app, download_path)
+    """The app's bundle as a private tree at `extract_dir`: copied from the host's cache of extracted
+    bundles when a run extracted the same object (same ETag) before, else downloaded and extracted into
+    that cache first (bundles/cache.py). `cache_dir` also holds colcon-bundle v2 overlays."""
+    limits = limits or ExtractionLimits()
+    for _ in range(_REPLACED_RETRIES):
+        with contextlib.suppress(_ReplacedWhileDownloading):
+            return _fetch_version(
+                store, app, current_etag(store, app), download_path, extract_dir, cache_dir, limits
+            )
+    source = _source_of(app)
+    raise JobFailure(
+        bundle_unreadable_code(app),
+        f"The bundle of {app_label(app)} (s3://{source.s3_bucket}/{source.s3_key}) was replaced while it was "
+        f"downloaded, {_REPLACED_RETRIES} times.",
+    )
+
+
+def _fetch_version(
+    store: ObjectStore,
+    app: ApplicationSpec,
+    etag: str,
+    download_path: Path,
+    extract_dir: Path,
+    cache_dir: Path,
+    limits: ExtractionLimits,
+) -> ExtractedBundle:
+    def download_and_extract(tree: Path) -> ExtractedBundle:
+        try:
+            source = download_bundle(store, app, download_path, etag)
+            return extract_bundle(download_path, tree, cache_dir=cache_dir, limits=limits)
+        except BundleError as exc:
+            raise JobFailure(
+                invalid_bundle_code(app),
+                f"The bundle of {app_label(app)} (s3://{source.s3_bucket}/{source.s3_key}) cannot be "
+                f"used: {exc.category.value}: {exc.message}",
+            ) from exc
+        finally:
+            download_path.unlink(missing_ok=True)
+
+    key = bundle_cache.cache_key(normalise_etag(etag) or etag, limits)
     try:
-        bundle = extract_bundle(download_path, extract_dir, cache_dir=cache_dir, limits=limits)
-    except BundleError as exc:
+        cached = bundle_cache.lookup_or_extract(cache_dir / "trees", key, download_and_extract)
+        bundle = cached.copy_to(extract_dir)
+    except OSError as exc:
         raise JobFailure(
-            invalid_bundle_code(app),
-            f"The bundle of {app_label(app)} (s3://{source.s3_bucket}/{source.s3_key}) cannot be used: "
-            f"{exc.category.value}: {exc.message}",
+            INTERNAL_SERVICE_ERROR, f"Cannot place the bundle of {app_label(app)} in the run: {exc}"
         ) from exc
-    finally:
-        download_path.unlink(missing_ok=True)
     log.info("%s: %s bundle with %d overlay(s)", app_label(app), bundle.format, len(bundle.overlays))
     return bundle

@@ -313,9 +313,10 @@ class JobRun:
             self.apps.append(app)
             self._fetch_bundle(app)
             self._check_cancel()
-        self.data_sources = fetch_data_sources(
-            self.store, self.spec.data_sources, self.layout.datasources, self.layout.scratch()
-        )
+        if self.spec.data_sources:
+            self.data_sources = fetch_data_sources(
+                self.store, self.spec.data_sources, self.layout.datasources, self.layout.scratch()
+            )
         self._check_cancel()
 
     def _create_namespaces(self) -> None:
@@ -334,12 +335,12 @@ class JobRun:
 
     def _fetch_bundle(self, app: AppRuntime) -> None:
         app.generation += 1
-        bundle_dir = self.layout.apps / f"{app.slug}-{app.generation}"
-        app.sink.note(f"downloading bundle of {app_label(app.spec)} (version {app.spec.version})")
+        bundle_dir = self.layout.bundle_dir(app.slug, app.generation)
+        app.sink.note(f"fetching bundle of {app_label(app.spec)} (version {app.spec.version})")
         bundle = fetch_application(
             self.store,
             app.spec,
-            self.layout.scratch() / f"{app.slug}.bundle",
+            self.layout.bundle_download(app.slug),
             bundle_dir,
             self.cache_dir / "bundles",
         )

@@ -39,9 +39,14 @@ class RunLayout:
     def downloads(self) -> Path:
         return self.work_dir / "downloads"
 
-    @property
-    def apps(self) -> Path:
-        return self.work_dir / "apps"
+    def bundle_dir(self, app_slug: str, generation: int) -> Path:
+        """Where an application's bundle is extracted (again at each restart, hence the generation)."""
+        return self.work_dir / f"bundle-{app_slug}-{generation}"
+
+    def bundle_download(self, app_slug: str) -> Path:
+        """The bundle's archive while it is extracted: in the work directory itself, as a folder of its
+        own would cost a directory inode per run."""
+        return self.work_dir / f"{app_slug}.bundle.download"
 
     @property
     def datasources(self) -> Path:
@@ -79,9 +84,10 @@ class RunLayout:
         return self.ros_logs / f"{name}.log"
 
     def create(self, ros: bool) -> None:
-        """The directories every run uses, and the ROS ones when the job runs ROS. The rest (downloads,
-        data sources, the namespace's mount stash) are made where they are first needed: a run of a plain
-        `command` makes four directories instead of ten (each new inode costs, most of all on a busy disk)."""
+        """The directories every run uses, and the ROS ones when the job runs ROS. The rest (the bundles'
+        folders, data sources and their downloads, the namespace's mount stash) are made where they are
+        first needed: a run of a plain `command` makes four directories instead of ten (each new inode
+        costs, most of all on a busy disk)."""
         paths = [self.home, self.ros_logs]
         if ros:
             paths += [self.status, self.ros_log_dir, self.ros_bags]
@@ -89,7 +95,7 @@ class RunLayout:
             path.mkdir(parents=True, exist_ok=True)
 
     def scratch(self) -> Path:
-        """Downloads waiting to be extracted."""
+        """Data source downloads waiting to be extracted."""
         self.downloads.mkdir(exist_ok=True)
         return self.downloads
 

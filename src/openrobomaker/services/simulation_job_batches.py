@@ -225,19 +225,57 @@ def _insert_batch(
 def _insert_requests(
     session, batch: store.SimulationJobBatchRow, requests: list[dict], failures: list[tuple[str, str] | None]
 ) -> None:
+    rows = []
     for position, (request, failure) in enumerate(zip(requests, failures, strict=True)):
-        row = store.BatchRequestRow(
-            batch_id=batch.batch_id,
-            position=position,
-            state=PENDING if failure is None else FAILED,
-            request=request,
-            attempts=0,
-            updated_at=batch.created_at,
+        code, reason = failure if failure is not None else (None, None)
+        rows.append(
+            {
+                "batch_id": batch.batch_id,
+                "position": position,
+                "state": PENDING if failure is None else FAILED,
+                "request": request,
+                "attempts": 0,
+                "updated_at": batch.created_at,
+                "failure_code": code,
+                "failure_reason": reason,
+                "failed_at": None if failure is None else batch.created_at,
+            }
         )
-        if failure is not None:
-            row.failure_code, row.failure_reason = failure
-            row.failed_at = batch.created_at
-        session.add(row)
+    session.flush()  # the batch's row first
+    store.insert_requests(session, rows)
+
+
+def _new_batch_view(
+    batch: store.SimulationJobBatchRow,
+    requests: list[dict],
+    failures: list[tuple[str, str] | None],
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """batch_view of a batch just inserted, from what was inserted: Pending, no member yet."""
+    failed = [
+        {
+            "request": request,
+            "failureReason": failure[1],
+            "failureCode": failure[0],
+            "failedAt": batch.created_at,
+        }
+        for request, failure in zip(requests, failures, strict=True)
+        if failure is not None
+    ]
+    return {
+        "arn": batch.arn,
+        "status": batch.status,
+        "lastUpdatedAt": batch.last_updated_at,
+        "createdAt": batch.created_at,
+        "clientRequestToken": batch.client_request_token,
+        "batchPolicy": {"timeoutInSeconds": batch.timeout_seconds, "maxConcurrency": batch.max_concurrency},
+        "failureCode": None,
+        "failureReason": None,
+        "failedRequests": failed,
+        "pendingRequests": [r for r, failure in zip(requests, failures, strict=True) if failure is None],
+        "createdRequests": [],
+        "tags": tags,
+    }
 
 
 @operation("StartSimulationJobBatch")
@@ -259,8 +297,7 @@ def start_simulation_job_batch(platform: Any, ctx: RequestContext, params: dict[
         batch = _insert_batch(session, platform, ctx, params, policy, fingerprint)
         _insert_requests(session, batch, requests, failures)
         tag_rules.store_tags(session, batch.arn, batch_tags)
-        session.flush()
-        view = batch_view(session, batch)
+        view = _new_batch_view(batch, requests, failures, batch_tags)
     platform.notify("simulation_batches")
     return _start_response(view)
 

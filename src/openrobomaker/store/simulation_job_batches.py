@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text, bindparam, func, select, text, update
+from sqlalchemy import JSON, Float, Integer, String, Text, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -60,6 +60,13 @@ class BatchRequestRow(Base):
     # attempts to create its job that ended in a retryable error (LimitExceeded, internal errors)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+def insert_requests(session: Session, rows: list[dict]) -> None:
+    """A new batch's requests in one executemany: the ORM's unit of work took ~0.1 ms a row, and a batch has
+    up to 1000 (the first member waited for all of them)."""
+    if rows:
+        session.execute(insert(BatchRequestRow), rows)
 
 
 # --- batches ---------------------------------------------------------------------------------------------

@@ -252,3 +252,74 @@ def test_runner_without_zygote_still_works(jobs):
     assert executor.zygote_pid() is None
     assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Completed"
     _wait_gone(_parse(handle).pid)
+
+
+def _job_pid_1(work_dir: str, timeout: float = 30.0) -> int:
+    """Pid 1 of a running job, read from its runner.log (`namespaces ready (...): holder pid N`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = Path(work_dir, "runner.log")
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if "namespaces ready" in line and "holder pid" in line:
+                return int(line.rsplit(" ", 1)[1])
+        time.sleep(0.05)
+    raise AssertionError("no namespaces in runner.log")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the namespace factory serves root's netns isolation")
+def test_pid_1_comes_from_the_small_factory_and_outlives_it(jobs, executor):
+    """As root, a job's pid 1 is forked by the zygote's namespace factory (a small process), not by the
+    runner; it lives on when the factory goes (with the server), and the job still ends cleanly."""
+    spec = jobs.spec([command_app(jobs, "simulation", SLEEPER)], outputLocation=None)
+    handle, _ = _start(jobs, executor, spec)
+    jobs.plane.wait_phase(spec["jobId"], "Running", 60)
+    pid_1 = _job_pid_1(spec["workDir"])
+    factory = _ppid(pid_1)
+    assert _comm(factory) == "orm-nsfactory"
+    assert _ppid(factory) == executor.zygote_pid()
+
+    executor.close()  # the server stops: the zygote goes, and the factory with it
+    _wait_gone(factory)
+    time.sleep(0.3)
+    assert _running(pid_1) and executor.is_alive(handle)
+
+    os.kill(_parse(handle).pid, signal.SIGTERM)  # cancel: pid 1 and the job end with the run
+    assert jobs.plane.wait_phase(spec["jobId"], "Finished", 60)["outcome"] == "Canceled"
+    _wait_gone(pid_1)
+    assert jobs.cleanup() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_namespace_factory_serves_only_its_own_user(executor, jobs):
+    spec = jobs.spec([command_app(jobs, "simulation", SLEEPER)], outputLocation=None)
+    handle, _ = _start(jobs, executor, spec)  # starts the zygote, and with it the factory
+    jobs.plane.wait_phase(spec["jobId"], "Running", 60)
+    os.kill(_parse(handle).pid, signal.SIGTERM)
+    prefix = (
+        f"@openrobomaker-nsfactory-{executor.zygote_pid()}-"  # its abstract name, as /proc/net/unix shows it
+    )
+    name = next(
+        line.split()[-1][1:]
+        for line in Path("/proc/net/unix").read_text().splitlines()
+        if line.split()[-1].startswith(prefix)
+    )
+    child = os.fork()
+    if child == 0:  # as nobody: the factory hangs up without an answer
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            import socket
+
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.connect("\0" + name)
+                sock.settimeout(5)
+                sock.send(b"pid1")
+                code = 0 if sock.recv(1024) == b"" else 2
+        except OSError:
+            code = 0  # refused outright is as good
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    jobs.plane.wait_phase(spec["jobId"], "Finished", 60)

@@ -7,6 +7,8 @@
                                          wait for the ROS master, then set /run_id as roscore does (every
                                          roslaunch of the job must agree on it, or they race to set it).
     ns_holder.py mounts                  apply the data-source mount plan (JSON on stdin) in the mount namespace.
+    ns_holder.py factory ZYGOTE_PID      (as root) make pid 1s for the runners of one zygote, on the listening
+                                         unix socket it gets as stdin (see `factory`).
 
 When the holder exits, the kernel kills every other process of the pid namespace: that is what guarantees a
 job leaves nothing behind even if the runner is SIGKILLed.
@@ -31,11 +33,8 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
-import xmlrpc.client
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -67,6 +66,8 @@ def _reap_children() -> None:
 
 
 def hold() -> int:
+    import threading
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -96,6 +97,8 @@ def wait_port(port: int, seconds: float, interval: float = 0.1) -> int:
 
 
 def init_master(port: int, run_id: str, seconds: float) -> int:
+    import xmlrpc.client
+
     deadline = time.monotonic() + seconds
     # rosmaster answers within ~0.5 s; a refused connect is cheap, so look often.
     while wait_port(port, max(deadline - time.monotonic(), 0), 0.02) == 0:
@@ -117,6 +120,8 @@ def init_master(port: int, run_id: str, seconds: float) -> int:
 
 
 def _mount(*args: str) -> None:
+    import subprocess
+
     subprocess.run([MOUNT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -162,6 +167,8 @@ def _make_opt_robomaker(stash: str) -> None:
 
 
 def apply_mounts(plan: dict) -> int:
+    import subprocess  # here, not at the top: the factory (`python -I -S`) stays small without it
+
     try:
         _make_opt_robomaker(plan["stash"])
         for bind in plan["binds"]:
@@ -358,13 +365,16 @@ def _fork_as_pid_1() -> int:
         os.close(own)
 
 
-def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> NoReturn:
-    """Forked straight in as pid 1 of the new pid namespace: its network and mount namespaces, then serve."""
+def _init_child(inner_sock: socket.socket, outer_sock: socket.socket, with_parent: bool = True) -> NoReturn:
+    """Forked straight in as pid 1 of the new pid namespace: its network and mount namespaces, then serve.
+    with_parent=False (made by the factory): it lives on when its parent, the factory, goes (with the
+    server), and ends when the runner's end of its socket closes."""
 
     def serve() -> None:
-        # Its parent is the runner, outside its pid namespace (getppid() says 0): nothing to check; should
-        # the runner die first, the runner's end of the socket still closes with it.
-        _die_with_parent(None)
+        # Its parent is outside its pid namespace (getppid() says 0): nothing to check; should the runner
+        # die first, the runner's end of the socket still closes with it.
+        if with_parent:
+            _die_with_parent(None)
         _name_task(b"orm-init")
         _default_signals()
         _enter_new_namespaces(False, pid=False)
@@ -373,13 +383,26 @@ def _init_child(inner_sock: socket.socket, outer_sock: socket.socket) -> NoRetur
     _child_main(inner_sock, outer_sock, serve)
 
 
+def _new_lock():
+    import threading  # not at the top: the factory (`python -I -S`) stays small without it
+
+    return threading.Lock()
+
+
 class ForkedHolder:
     """The runner's end of a forked holder: as root, pid 1 of the job forked directly (one process); in
     user namespace mode, a holder that makes the namespaces and forks pid 1 (two processes)."""
 
     def __init__(self, user_namespace: bool, timeout: float = 15.0):
-        outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid: int | None = None  # pid 1 of the job's pid namespace, as the host sees it
+        self.child: int | None = None  # this process's child to wait for (None: pid 1 is the factory's)
+        made = None if user_namespace else _pid_1_from_factory(timeout)
+        if made is not None:
+            self.pid, self.sock = made
+            self._lock = _new_lock()
+            self._ready(timeout)
+            return
+        outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if user_namespace:
             runner = os.getpid()
             self.child = os.fork()
@@ -397,7 +420,10 @@ class ForkedHolder:
             self.pid = self.child
         inner.close()
         self.sock = outer
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
+        self._ready(timeout)
+
+    def _ready(self, timeout: float) -> None:
         try:
             self._await_ready(timeout)
         except HolderError:
@@ -458,12 +484,131 @@ class ForkedHolder:
 
     def wait(self) -> None:
         """Until pid 1 (and so every process of the job's pid namespace) is gone."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.child, 0)
+        if self.child is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.child, 0)
+        elif self.pid is not None:
+            _await_exit(self.pid)
 
     def _hang_up(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+# --- the factory ---------------------------------------------------------------------------------------
+#
+# A pid 1 forked from the runner shares the runner's whole heap (tens of MB of Python): the fork copies its
+# page tables, and while the job runs every page the runner writes is copied once more, ~1 300 page faults
+# a job. Forked from this small process instead (a `python -I -S` of this standard-library-only module,
+# one per zygote), pid 1 costs a fraction of that. Runners connect to its socket (SOCK_SEQPACKET, the
+# zygote's abstract socket name in FACTORY_ENV) and get back pid 1's pid and their end of its socket; the
+# rest is the same as a forked pid 1. The factory itself is not in the job's way: a pid 1 it made outlives
+# it, and ends when the runner's end of its socket closes.
+
+FACTORY_ENV = "OPENROBOMAKER_NS_FACTORY"
+_FACTORY_CONNECTIONS: dict[int, socket.socket] = {}  # by process: a forked runner makes its own
+
+
+def factory(parent: int) -> int:
+    """Serve runners on the listening socket that is stdin; only processes of this user are served. It goes
+    with `parent` (the zygote), even one that died before it got this far."""
+    _die_with_parent(parent)
+    _name_task(b"orm-nsfactory")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # pid 1s it made are reaped by the kernel
+    listener = socket.socket(fileno=0)
+    clients: list[socket.socket] = []
+    while True:
+        readable, _, _ = select.select([listener, *clients], [], [])
+        for sock in readable:
+            if sock is listener:
+                client, _ = listener.accept()
+                if _peer_uid(client) == os.getuid():
+                    clients.append(client)
+                else:
+                    client.close()
+                continue
+            try:
+                request = sock.recv(_MESSAGE_BYTES)
+                if request == b"pid1":
+                    _make_pid_1_for(sock)
+                    continue
+            except OSError:
+                pass
+            clients.remove(sock)  # the runner left (or asked something else)
+            sock.close()
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _make_pid_1_for(client: socket.socket) -> None:
+    outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        child = _fork_as_pid_1()
+        if child == 0:
+            client.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # pid 1 waits for what it runs (mount)
+            _init_child(inner, outer, with_parent=False)
+        _send(client, {"pid": child}, [outer.fileno()])
+    except HolderError as exc:
+        _send(client, {"error": str(exc)})
+    finally:
+        outer.close()
+        inner.close()
+
+
+def _pid_1_from_factory(timeout: float) -> tuple[int, socket.socket] | None:
+    """(pid 1, the runner's end of its socket) from the zygote's factory; None without one (the runner then
+    forks pid 1 itself)."""
+    address = os.environ.get(FACTORY_ENV)
+    if not address:
+        return None
+    try:
+        connection = _factory_connection(address)
+        connection.send(b"pid1")
+        readable, _, _ = select.select([connection], [], [], timeout)
+        if not readable:
+            raise OSError("the namespace factory did not answer")
+        data, fds, _, _ = socket.recv_fds(connection, _MESSAGE_BYTES, 1)
+    except OSError:
+        _FACTORY_CONNECTIONS.pop(os.getpid(), None)
+        return None
+    answer = json.loads(data or b"{}")
+    if "pid" not in answer or not fds:
+        for fd in fds:
+            os.close(fd)
+        if answer.get("error"):
+            raise HolderError(answer["error"])
+        return None
+    os.set_inheritable(fds[0], False)
+    return int(answer["pid"]), socket.socket(fileno=fds[0])
+
+
+def _factory_connection(address: str) -> socket.socket:
+    connection = _FACTORY_CONNECTIONS.get(os.getpid())
+    if connection is None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            connection.connect("\0" + address)  # an abstract name (an environment variable holds no NUL)
+        except OSError:
+            connection.close()
+            raise
+        _FACTORY_CONNECTIONS[os.getpid()] = connection
+    return connection
+
+
+def _await_exit(pid: int) -> None:
+    """Until `pid` (not a child of this process) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -475,6 +620,8 @@ def main(argv: list[str]) -> int:
         return init_master(int(argv[1]), argv[2], float(argv[3]))
     if argv[:1] == ["mounts"]:
         return apply_mounts(json.load(sys.stdin))
+    if argv[:1] == ["factory"] and len(argv) == 2:
+        return factory(int(argv[1]))
     print(__doc__, file=sys.stderr)
     return errno.EINVAL
 

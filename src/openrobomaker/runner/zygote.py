@@ -39,9 +39,11 @@ import gc
 import importlib
 import json
 import os
+import secrets
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -469,6 +471,30 @@ def _answer(zygote: Zygote, line: bytes, stdout) -> None:
         zygote.keep_one_idle(kind)
 
 
+def _start_namespace_factory() -> None:
+    """As root, the small process that forks the jobs' pid 1s (runner/ns_holder.py, `factory`), its address
+    left in the environment the runners inherit. Without it (not root, or it cannot start) runners fork
+    pid 1 themselves."""
+    if os.geteuid() != 0:
+        return
+    from openrobomaker.runner import ns_holder
+
+    name = f"openrobomaker-nsfactory-{os.getpid()}-{secrets.token_hex(8)}"  # abstract: no file to clean up
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+            listener.bind("\0" + name)
+            listener.listen(64)
+            subprocess.Popen(
+                [sys.executable, "-I", "-S", ns_holder.__file__, "factory", str(os.getpid())],
+                stdin=listener.fileno(),
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
+    except OSError:
+        return
+    os.environ[ns_holder.FACTORY_ENV] = name
+
+
 def main() -> int:
     set_parent_death_signal(signal.SIGKILL)
     expected_parent = os.environ.pop("OPENROBOMAKER_ZYGOTE_PARENT", "")
@@ -477,6 +503,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of a foreground server reaches the server only
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners that end before the zygote leave no zombie
     _preload()
+    _start_namespace_factory()
     # Everything imported so far lives as long as the runners: keep it out of their garbage collections,
     # whose passes would otherwise write to (and so copy) every inherited page.
     gc.freeze()

@@ -655,9 +655,13 @@ class JobRun:
         scope = self._leftover_scope()
         if self.isolation is not None:
             try:
-                # pid 1 of the job is killed: the kernel kills what is left in it. Its death is waited
-                # for once the turn is given back (_await_end), before the final report.
-                self.isolation.stop(wait=False)
+                # pid 1 of the job is killed: the kernel kills what is left in it. Pid 1's exit waits for
+                # every process of its namespace to be reaped, and an infrastructure process is reaped by
+                # its nsenter leader, which kill_now below would kill first (leaving the zombie to the
+                # host's init, seconds on some hosts): with such leaders pid 1's death is waited for here.
+                # Otherwise only once the turn is given back (_await_end), still before the final report.
+                leaders = (infra.service_node, infra.rosout, infra.master)
+                self.isolation.stop(wait=any(process is not None for process in leaders))
             except Exception:
                 log.exception("stopping the namespace holder failed")
         for process in (infra.service_node, infra.rosout, infra.master):

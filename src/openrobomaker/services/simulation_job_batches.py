@@ -145,6 +145,18 @@ def batch_view(session, batch: store.SimulationJobBatchRow) -> dict[str, Any]:
     requests = store.echoed_requests(session, batch.batch_id)
     members = {job.arn: job for job in store.member_summaries(session, batch.arn)}
     created = [members[arn] for arn in store.created_job_arns(session, batch.batch_id) if arn in members]
+    return _view(
+        batch,
+        failed=[_failed_view(r) for r in requests if r.state == FAILED],
+        pending=[r.request for r in requests if r.state == PENDING],
+        created=[jobs.job_summary(job) for job in created],
+        tags=tag_rules.load_tags(session, batch.arn),
+    )
+
+
+def _view(
+    batch: store.SimulationJobBatchRow, *, failed: list, pending: list, created: list, tags: dict[str, str]
+) -> dict[str, Any]:
     return {
         "arn": batch.arn,
         "status": batch.status,
@@ -154,10 +166,10 @@ def batch_view(session, batch: store.SimulationJobBatchRow) -> dict[str, Any]:
         "batchPolicy": {"timeoutInSeconds": batch.timeout_seconds, "maxConcurrency": batch.max_concurrency},
         "failureCode": batch.failure_code,
         "failureReason": batch.failure_reason,
-        "failedRequests": [_failed_view(r) for r in requests if r.state == FAILED],
-        "pendingRequests": [r.request for r in requests if r.state == PENDING],
-        "createdRequests": [jobs.job_summary(job) for job in created],
-        "tags": tag_rules.load_tags(session, batch.arn),
+        "failedRequests": failed,
+        "pendingRequests": pending,
+        "createdRequests": created,
+        "tags": tags,
     }
 
 
@@ -262,20 +274,8 @@ def _new_batch_view(
         for request, failure in zip(requests, failures, strict=True)
         if failure is not None
     ]
-    return {
-        "arn": batch.arn,
-        "status": batch.status,
-        "lastUpdatedAt": batch.last_updated_at,
-        "createdAt": batch.created_at,
-        "clientRequestToken": batch.client_request_token,
-        "batchPolicy": {"timeoutInSeconds": batch.timeout_seconds, "maxConcurrency": batch.max_concurrency},
-        "failureCode": None,
-        "failureReason": None,
-        "failedRequests": failed,
-        "pendingRequests": [r for r, failure in zip(requests, failures, strict=True) if failure is None],
-        "createdRequests": [],
-        "tags": tags,
-    }
+    pending = [request for request, failure in zip(requests, failures, strict=True) if failure is None]
+    return _view(batch, failed=failed, pending=pending, created=[], tags=tags)
 
 
 @operation("StartSimulationJobBatch")

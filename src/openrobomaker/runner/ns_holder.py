@@ -396,9 +396,12 @@ class ForkedHolder:
     def __init__(self, user_namespace: bool, timeout: float = 15.0):
         self.pid: int | None = None  # pid 1 of the job's pid namespace, as the host sees it
         self.child: int | None = None  # this process's child to wait for (None: pid 1 is the factory's)
+        self._pidfd: int | None = None  # pid 1 made by the factory: signalled and awaited through this
         made = None if user_namespace else _pid_1_from_factory(timeout)
         if made is not None:
             self.pid, self.sock = made
+            with contextlib.suppress(OSError):  # taken at once, so a reused pid can never be mistaken for it
+                self._pidfd = os.pidfd_open(self.pid)
             self._lock = _new_lock()
             self._ready(timeout)
             return
@@ -475,8 +478,10 @@ class ForkedHolder:
     def kill(self, wait: bool = True) -> None:
         """End the namespace now (no wait for pid 1 to notice the hang-up); with wait=False, return once
         pid 1 has its SIGKILL and let the caller wait() for its death later."""
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif self.pid is not None:
                 os.kill(self.pid, signal.SIGKILL)
         self._hang_up()
         if wait:
@@ -487,8 +492,12 @@ class ForkedHolder:
         if self.child is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.child, 0)
-        elif self.pid is not None:
-            _await_exit(self.pid)
+        elif self._pidfd is not None:
+            try:
+                select.select([self._pidfd], [], [])  # readable once pid 1 has exited
+            finally:
+                os.close(self._pidfd)
+                self._pidfd = None
 
     def _hang_up(self) -> None:
         with contextlib.suppress(OSError):
@@ -597,18 +606,6 @@ def _factory_connection(address: str) -> socket.socket:
             raise
         _FACTORY_CONNECTIONS[os.getpid()] = connection
     return connection
-
-
-def _await_exit(pid: int) -> None:
-    """Until `pid` (not a child of this process) has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return  # gone already
-    try:
-        select.select([fd], [], [])
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str]) -> int:

@@ -653,6 +653,7 @@ class JobRun:
         if infra.api_forwarder is not None:
             infra.api_forwarder.close()
         scope = self._leftover_scope()
+        leaders = (infra.service_node, infra.rosout, infra.master)
         if self.isolation is not None:
             try:
                 # pid 1 of the job is killed: the kernel kills what is left in it. Pid 1's exit waits for
@@ -660,11 +661,10 @@ class JobRun:
                 # its nsenter leader, which kill_now below would kill first (leaving the zombie to the
                 # host's init, seconds on some hosts): with such leaders pid 1's death is waited for here.
                 # Otherwise only once the turn is given back (_await_end), still before the final report.
-                leaders = (infra.service_node, infra.rosout, infra.master)
                 self.isolation.stop(wait=any(process is not None for process in leaders))
             except Exception:
                 log.exception("stopping the namespace holder failed")
-        for process in (infra.service_node, infra.rosout, infra.master):
+        for process in leaders:
             if process is not None:
                 process.kill_now()  # without isolation these are still running; isolated, just reaped
         kill_marked_processes(RUN_MARKER_VAR, self.run_marker, scope=scope)

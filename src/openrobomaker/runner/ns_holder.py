@@ -582,7 +582,9 @@ def _pid_1_from_factory(timeout: float) -> tuple[int, socket.socket] | None:
             raise OSError("the namespace factory did not answer")
         data, fds, _, _ = socket.recv_fds(connection, _MESSAGE_BYTES, 1)
     except OSError:
-        _FACTORY_CONNECTIONS.pop(os.getpid(), None)
+        broken = _FACTORY_CONNECTIONS.pop(os.getpid(), None)
+        if broken is not None:
+            broken.close()
         return None
     answer = json.loads(data or b"{}")
     if "pid" not in answer or not fds:

@@ -131,12 +131,14 @@ def check_request(
 # --- views -----------------------------------------------------------------------------------------------
 
 
-def _failed_view(row: Any) -> dict[str, Any]:
+def _failed_view(
+    request: dict, code: str | None, reason: str | None, failed_at: float | None
+) -> dict[str, Any]:
     return {
-        "request": row.request,
-        "failureReason": row.failure_reason,
-        "failureCode": row.failure_code,
-        "failedAt": row.failed_at,
+        "request": request,
+        "failureReason": reason,
+        "failureCode": code,
+        "failedAt": failed_at,
     }
 
 
@@ -147,7 +149,11 @@ def batch_view(session, batch: store.SimulationJobBatchRow) -> dict[str, Any]:
     created = [members[arn] for arn in store.created_job_arns(session, batch.batch_id) if arn in members]
     return _view(
         batch,
-        failed=[_failed_view(r) for r in requests if r.state == FAILED],
+        failed=[
+            _failed_view(r.request, r.failure_code, r.failure_reason, r.failed_at)
+            for r in requests
+            if r.state == FAILED
+        ],
         pending=[r.request for r in requests if r.state == PENDING],
         created=[jobs.job_summary(job) for job in created],
         tags=tag_rules.load_tags(session, batch.arn),
@@ -265,12 +271,7 @@ def _new_batch_view(
 ) -> dict[str, Any]:
     """batch_view of a batch just inserted, from what was inserted: Pending, no member yet."""
     failed = [
-        {
-            "request": request,
-            "failureReason": failure[1],
-            "failureCode": failure[0],
-            "failedAt": batch.created_at,
-        }
+        _failed_view(request, *failure, batch.created_at)
         for request, failure in zip(requests, failures, strict=True)
         if failure is not None
     ]

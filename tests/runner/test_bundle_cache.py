@@ -152,3 +152,18 @@ def test_concurrent_runs_extract_a_bundle_once(store, tmp_path):
         thread.join()
     assert errors == []
     assert store.downloads == 1
+
+
+def test_another_object_with_the_same_etag_is_extracted_from_its_own_bytes(store, tmp_path):
+    """A tree is served for the object it came from only: an ETag is an MD5, and colliding MD5s can be made,
+    so an object elsewhere that claims the same ETag must not get (or poison) another object's tree."""
+    bundle = tar_gz({"setup.sh": b"", "v": b"same"})
+    store.inner.put_bytes("apps", "sim.tar.gz", bundle)
+    store.inner.put_bytes("apps", "copy.tar.gz", bundle)
+    assert store.head("apps", "sim.tar.gz").etag == store.head("apps", "copy.tar.gz").etag
+    fetch(store, tmp_path, "one")
+    copy = app_spec()
+    copy.sources[0] = SourceObject("apps", "copy.tar.gz", None)
+    _, dest = fetch(store, tmp_path, "two", copy)
+    assert store.downloads == 2
+    assert (dest / "v").read_bytes() == b"same"

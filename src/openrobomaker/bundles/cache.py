@@ -42,10 +42,11 @@ class CachedBundle:
         return _bundle_from_manifest(self.manifest, dest)
 
 
-def cache_key(etag: str, limits: ExtractionLimits) -> str:
-    """The entry's name: the object's ETag (its content, as the store hashed it) and the limits it was
-    extracted under (a tree accepted under wider limits must not be served once they are narrowed)."""
-    identity = json.dumps([etag, limits.max_members, limits.max_total_bytes])
+def cache_key(bucket: str, key: str, etag: str, limits: ExtractionLimits) -> str:
+    """The entry's name: the object (an ETag alone is an MD5, and colliding MD5s can be made, so one
+    object's tree is never served for another's) at its ETag, and the limits it was extracted under (a tree
+    accepted under wider limits must not be served once they are narrowed)."""
+    identity = json.dumps([bucket, key, etag, limits.max_members, limits.max_total_bytes])
     return hashlib.sha256(identity.encode()).hexdigest()
 
 

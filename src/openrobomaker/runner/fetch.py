@@ -78,7 +78,7 @@ def current_etag(store: ObjectStore, app: ApplicationSpec) -> str:
     return etag
 
 
-def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path, etag: str) -> SourceObject:
+def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path, etag: str) -> None:
     """Download the bundle whose HEAD gave `etag` (already checked against the pinned one)."""
     source = _source_of(app)
     with _store_errors(app, source):
@@ -87,7 +87,6 @@ def download_bundle(store: ObjectStore, app: ApplicationSpec, dest: Path, etag: 
         # Replaced between HEAD and GET: a pinned version fails; $LATEST starts again from the HEAD.
         _check_etag(app, source, info.etag)
         raise _ReplacedWhileDownloading(f"ETag {etag}, then {info.etag}")
-    return source
 
 
 class _ReplacedWhileDownloading(Exception):
@@ -128,9 +127,11 @@ def _fetch_version(
     cache_dir: Path,
     limits: ExtractionLimits,
 ) -> ExtractedBundle:
+    source = _source_of(app)
+
     def download_and_extract(tree: Path) -> ExtractedBundle:
         try:
-            source = download_bundle(store, app, download_path, etag)
+            download_bundle(store, app, download_path, etag)
             return extract_bundle(download_path, tree, cache_dir=cache_dir, limits=limits)
         except BundleError as exc:
             raise JobFailure(
@@ -141,7 +142,7 @@ def _fetch_version(
         finally:
             download_path.unlink(missing_ok=True)
 
-    key = bundle_cache.cache_key(normalise_etag(etag) or etag, limits)
+    key = bundle_cache.cache_key(source.s3_bucket, source.s3_key, normalise_etag(etag) or etag, limits)
     try:
         cached = bundle_cache.lookup_or_extract(cache_dir / "trees", key, download_and_extract)
         bundle = cached.copy_to(extract_dir)

@@ -553,6 +553,73 @@ def test_members_revalidated_admitted_and_ended_in_process(tmp_path, request, ba
 
 
 @idle_test
+def test_a_members_end_starts_its_successor_without_a_full_pass_unless_another_batch_waits(
+    tmp_path, monkeypatch
+):
+    """A member's final report has the batch controller's next pass start the batch's next member without
+    the snapshot of every active batch; not while another batch of the account has requests waiting (the
+    full pass shares the account's quota between them, fewest active members first), nor once the batch's
+    timeout has come (the full pass times it out)."""
+    from openrobomaker.controllers.simulation_job_batches import SimulationJobBatchController
+    from openrobomaker.controllers.simulation_jobs import SimulationJobController
+    from openrobomaker.services import simulation_job_batches as service
+    from openrobomaker.store import simulation_job_batches as batch_store
+
+    platform, ctx, app = _platform_with_app(tmp_path, "successor")
+    request = {
+        "maxJobDurationInSeconds": 600,
+        "simulationApplications": [{"application": app["arn"], "launchConfig": {"command": ["true"]}}],
+        "compute": {"simulationUnitLimit": 1},
+    }
+    batch_controller = SimulationJobBatchController(platform)
+    job_controller = SimulationJobController(platform, _NoProcesses())
+    snapshots = []
+    real_snapshot = batch_store.active_batch_states
+    monkeypatch.setattr(batch_store, "active_batch_states", lambda c: snapshots.append(1) or real_snapshot(c))
+
+    def start(count: int) -> str:
+        policy = {"maxConcurrency": 1, "timeoutInSeconds": 3600}
+        params = {"createSimulationJobRequests": [request] * count, "batchPolicy": policy}
+        return service.start_simulation_job_batch(platform, ctx, params)["arn"]
+
+    def created(arn: str) -> list[dict]:
+        return service.describe_simulation_job_batch(platform, ctx, {"batch": arn})["createdRequests"]
+
+    def finish_active_member(arn: str) -> None:
+        job_controller.reconcile()  # admits it: a run with a spec, as a runner would get
+        (member,) = [m for m in created(arn) if m["status"] not in TERMINAL]
+        (spec_path,) = (tmp_path / "jobs" / member["arn"].rsplit("/", 1)[1]).glob("*/spec.json")
+        _run_to_completion(platform, spec_path)
+
+    first = start(3)
+    batch_controller.reconcile()
+    assert len(created(first)) == 1
+    finish_active_member(first)
+    snapshots.clear()
+    batch_controller.reconcile()
+    assert [m["status"] for m in created(first)] == ["Completed", "Pending"]
+    assert snapshots == []  # the successor without a full pass
+
+    second = start(2)  # the account now has two batches with requests pending
+    batch_controller.reconcile()
+    assert len(created(second)) == 1
+    finish_active_member(first)
+    snapshots.clear()
+    batch_controller.reconcile()
+    assert len(created(first)) == 3 and snapshots == [1]  # by the full pass
+
+    with platform.db.transaction() as session:  # the second batch's time is up
+        batch_store.get_batch(session, second.rsplit("/", 1)[1]).deadline_at = 0.0
+    finish_active_member(second)
+    batch_controller.reconcile()
+    timed_out = service.describe_simulation_job_batch(platform, ctx, {"batch": second})
+    assert len(timed_out["createdRequests"]) == 1
+    assert timed_out["status"] in ("TimingOut", "TimedOut")
+    assert [f["failureCode"] for f in timed_out["failedRequests"]] == ["BatchTimedOut"]
+    platform.db.dispose()
+
+
+@idle_test
 def test_a_job_cancelled_while_its_run_is_prepared_is_not_admitted(tmp_path, monkeypatch):
     """Admission prepares a run (key, directory, spec) before its transaction; a job cancelled meanwhile
     stays Canceled, its prepared directory is removed and its key never becomes valid."""

@@ -18,7 +18,7 @@ class Platform:
     # Hooks the control plane installs (e.g. wake the simulation job controller after a create).
     signals: dict[str, Any] = field(default_factory=dict)
 
-    def notify(self, name: str) -> None:
+    def notify(self, name: str, *args: Any) -> None:
         callback = self.signals.get(name)
         if callback is not None:
-            callback()
+            callback(*args)

@@ -21,7 +21,7 @@ from typing import Any
 
 from openrobomaker.services import simulation_jobs as jobs
 from openrobomaker.services import tags as tag_rules
-from openrobomaker.services.arns import build_arn, owned_arn, random_id
+from openrobomaker.services.arns import build_arn, owned_arn, parse_arn, random_id
 from openrobomaker.services.context import RequestContext
 from openrobomaker.services.errors import (
     ApiError,
@@ -507,6 +507,20 @@ def _definitions(
         except Exception as exc:  # recorded on the request, never fatal to the batch's other requests
             results[position] = exc
     return results
+
+
+def start_successor(platform: Any, batch_arn: str, now: float) -> bool:
+    """A member of the batch ended: turn its next pending request into a member job, without looking at any
+    other batch. True when it made one; False when that is for a full pass to decide: the batch no longer
+    turns requests into jobs, its timeout has come, or another batch of the account has requests pending
+    (a full pass shares the account's job quota between batches, the one with the fewest active members
+    first)."""
+    batch_id = parse_arn(batch_arn).resource_id
+    with platform.db.reader() as connection:
+        row = store.successor_batch(connection, batch_id)
+    if row is None or row.status not in DRIVING_STATUSES or now >= row.deadline_at or row.others_waiting:
+        return False
+    return create_members(platform, batch_id, 1, now) > 0
 
 
 def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:

@@ -508,9 +508,10 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
         if finished:
             credentials.revoke(session, f"job:{job.arn}")
         store.save_report_job(session, job)
-    if finished:
+    if finished and job.batch_arn is not None:
+        platform.notify("simulation_batch_member_ended", job.batch_arn)  # its successor, then admission
+    elif finished:
         platform.notify("simulation_jobs")
-        platform.notify("simulation_batches")
     return {"action": action}
 
 

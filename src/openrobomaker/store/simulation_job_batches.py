@@ -273,6 +273,27 @@ _PASS_BATCH = select(
     SimulationJobBatchRow.max_concurrency,
 ).where(SimulationJobBatchRow.batch_id == bindparam("batch_id"))
 _PASS_BATCH_LOCKED = _PASS_BATCH.with_for_update()  # PostgreSQL: held until the pass commits
+_OTHER_BATCH = SimulationJobBatchRow.__table__.alias("other_batch")
+_OTHERS_WAITING = (
+    select(func.count())
+    .select_from(_OTHER_BATCH)
+    .where(
+        _OTHER_BATCH.c.account_id == SimulationJobBatchRow.account_id,
+        _OTHER_BATCH.c.region == SimulationJobBatchRow.region,
+        _OTHER_BATCH.c.batch_id != SimulationJobBatchRow.batch_id,
+        text(sql_in_list("other_batch.status", ACTIVE_BATCH_STATUSES)),
+        select(BatchRequestRow.position)
+        .where(BatchRequestRow.batch_id == _OTHER_BATCH.c.batch_id, BatchRequestRow.state == PENDING)
+        .exists(),
+    )
+    .correlate(SimulationJobBatchRow)
+    .scalar_subquery()
+)
+_SUCCESSOR_BATCH = select(
+    SimulationJobBatchRow.status,
+    SimulationJobBatchRow.deadline_at,
+    _OTHERS_WAITING.label("others_waiting"),
+).where(SimulationJobBatchRow.batch_id == bindparam("batch_id"))
 _DUE_PENDING = (
     select(BatchRequestRow.position, BatchRequestRow.request)
     .where(BatchRequestRow.batch_id == bindparam("batch_id"), BatchRequestRow.state == PENDING)
@@ -335,6 +356,12 @@ _BATCH_SAVE = (
 def pass_batch(connection: Session | Connection, batch_id: str) -> Row | None:
     """What a member-creating pass needs of its batch (a reader's statement, outside the transaction)."""
     return connection.execute(_PASS_BATCH, {"batch_id": batch_id}).first()
+
+
+def successor_batch(connection: Session | Connection, batch_id: str) -> Row | None:
+    """The batch's status and deadline, and how many other active batches of its account have requests
+    pending (they share the account's job quota with it)."""
+    return connection.execute(_SUCCESSOR_BATCH, {"batch_id": batch_id}).first()
 
 
 def locked_pass_batch(session: Session, batch_id: str) -> Row | None:

@@ -146,6 +146,7 @@ def active_job_states(connection: Session | Connection) -> list[Row]:
 # The columns a report reads; the ones after `_REPORT_KEYS` are the ones it may change.
 _REPORT_KEYS = (
     "arn",
+    "batch_arn",
     "runner_token_hash",
     "run_id",
     "desired",

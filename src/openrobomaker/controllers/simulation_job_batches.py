@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +75,14 @@ class SimulationJobBatchController(Controller):
 
     def _start_successors(self, ended: list[str]) -> bool:
         """Each ended member's successor, where the batch allows it without a full pass (services:
-        start_successor); True when every one was started. The job controller is woken either way: a
-        successor to admit, or the host capacity the member freed."""
+        start_successors, once per batch); True when every one was started. The job controller is woken
+        either way: successors to admit, or the host capacity the members freed."""
         started_all = True
-        for batch_arn in ended:
+        for batch_arn, count in Counter(ended).items():
             try:
-                started_all &= batches.start_successor(self.platform, batch_arn, time.time())
+                started_all &= batches.start_successors(self.platform, batch_arn, count, time.time())
             except Exception:  # the full pass retries whatever this did not do
-                log.exception("batch %s: starting a member's successor failed", batch_arn)
+                log.exception("batch %s: starting members' successors failed", batch_arn)
                 started_all = False
         if ended:
             self.platform.notify("simulation_jobs")

@@ -509,9 +509,10 @@ def _definitions(
     return results
 
 
-def start_successor(platform: Any, batch_arn: str, now: float) -> bool:
-    """A member of the batch ended: turn its next pending request into a member job, without looking at any
-    other batch. True when it made one; False when that is for a full pass to decide: the batch no longer
+def start_successors(platform: Any, batch_arn: str, ended: int, now: float) -> bool:
+    """`ended` members of the batch ended: turn as many of its next pending requests into member jobs (one
+    transaction), without looking at any other batch. True when it made that many; False when the rest is
+    for a full pass to decide: the batch has fewer requests left, no longer
     turns requests into jobs, its timeout has come, or another batch of the account has requests pending
     (a full pass shares the account's job quota between batches, the one with the fewest active members
     first)."""
@@ -520,7 +521,7 @@ def start_successor(platform: Any, batch_arn: str, now: float) -> bool:
         row = store.successor_batch(connection, batch_id)
     if row is None or row.status not in DRIVING_STATUSES or now >= row.deadline_at or row.others_waiting:
         return False
-    return create_members(platform, batch_id, 1, now) > 0
+    return create_members(platform, batch_id, ended, now) == ended
 
 
 def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:

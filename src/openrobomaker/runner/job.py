@@ -157,9 +157,7 @@ class JobRun:
     ):
         self.spec = spec
         self.prepared_isolation = prepared_isolation
-        self.turns = (
-            turns  # starting processes up to Running, and the wind-down, are taken in turn (turns.py)
-        )
+        self.turns = turns  # the start up to Running, and the wind-down, are taken in turn (runner/turns.py)
         self.final_acknowledged = False
         self.layout = RunLayout(Path(spec.work_dir))
         self.cache_dir = Path(spec.cache_dir)
@@ -205,6 +203,7 @@ class JobRun:
 
     def run(self) -> int:
         self._install_signal_handlers()  # first: a cancel while waiting for the turn is kept, not fatal
+        self.turns.take()  # given back once Running (or at the end of a run that never gets there)
         self._create_namespaces()  # before the reporter's thread exists: see there
         self.reporter.start()
         self._set_phase("Preparing")
@@ -231,11 +230,7 @@ class JobRun:
 
     def _execute(self) -> RunResult:
         try:
-            # Namespaces, run folder and bundle are made before the turn, while earlier runs hold it: the
-            # turn is for starting processes, where simultaneous starts slow each other down most.
             self._prepare()
-            self.turns.take()  # given back once Running (or at the end of a run that never gets there)
-            self._check_cancel()  # a cancel that came while waiting for the turn starts nothing
             self._start_infrastructure()
             self._start_all_apps()
             self._enter_running()

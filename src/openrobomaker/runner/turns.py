@@ -1,7 +1,7 @@
 """Turns: the runners of one host take the CPU-heavy steps of their jobs one after another, in the order they
 asked, instead of all at once.
 
-Why: a job's start (infrastructure, processes) and its wind-down cost tens of milliseconds of CPU. When k
+Why: a job's start (namespaces, bundle, processes) and its wind-down cost tens of milliseconds of CPU. When k
 of them are due together (the slots of a batch that started together), the kernel shares the CPU equally
 between them, so every one of them takes about as long as all k together, and they all finish at the same
 moment: their jobs start together again, end together one job length later, and contend again, every
@@ -9,8 +9,6 @@ cycle (measured on 2 cores: 200 one-second jobs at maxConcurrency 20 kept droppi
 running at once every 1.25 s). Served in order, the first start is done after its own work, the next after
 two, and so on: the mean wait halves, and the slots drift apart over the cycle, so that later starts rarely
 meet another one (the same batch then holds 18-19 processes running throughout).
-What needs little CPU of its own (a runner's namespaces, made by the namespace factory; the run folder; the
-bundle, copied from the host's cache) is done before the turn is asked for, while other runs hold it.
 
 The zygote (runner/zygote.py), which every forked runner has a socket to, keeps the queue: `turn N` asks for
 a turn, `go N` grants it, `done N` gives it back (or withdraws the request). At most `TURN_SLOTS` turns are

@@ -14,6 +14,7 @@ from typing import Any
 
 from openrobomaker.controllers.base import Controller
 from openrobomaker.services import simulation_job_batches as batches
+from openrobomaker.services import simulation_jobs as jobs
 from openrobomaker.store import simulation_job_batches as store
 
 log = logging.getLogger("openrobomaker.controllers.simulation_job_batches")
@@ -31,9 +32,6 @@ class BatchState:
     active_members: int
 
 
-MEMBER_ENDED = "simulation_batch_member_ended"  # platform.notify(MEMBER_ENDED, batch_arn): a final report
-
-
 class SimulationJobBatchController(Controller):
     signal_name = "simulation_batches"
     # A member ending frees a slot, and every way a job ends notifies this controller (its runner's final
@@ -44,7 +42,7 @@ class SimulationJobBatchController(Controller):
         super().__init__(platform)
         self._ended: deque[str] = deque()  # batches whose member reported its end since the last pass
         self._full_pass_wanted = False
-        platform.signals[MEMBER_ENDED] = self.member_ended
+        platform.signals[jobs.BATCH_MEMBER_ENDED] = self.member_ended
 
     def wake(self) -> None:
         """Something changed that only a full pass sees (a new batch, a cancel, a member ended otherwise)."""
@@ -60,6 +58,8 @@ class SimulationJobBatchController(Controller):
         super().wake()
 
     def reconcile(self) -> None:
+        # A wake() between these two lines is not lost: it also set the loop's event, so another pass
+        # follows, and a pass with no ended member is always a full one.
         full = self._full_pass_wanted
         self._full_pass_wanted = False
         ended = self._take_ended()

@@ -512,10 +512,9 @@ def _definitions(
 def start_successors(platform: Any, batch_arn: str, ended: int, now: float) -> bool:
     """`ended` members of the batch ended: turn as many of its next pending requests into member jobs (one
     transaction), without looking at any other batch. True when it made that many; False when the rest is
-    for a full pass to decide: the batch has fewer requests left, no longer
-    turns requests into jobs, its timeout has come, or another batch of the account has requests pending
-    (a full pass shares the account's job quota between batches, the one with the fewest active members
-    first)."""
+    for a full pass to decide: the batch has fewer requests left, no longer turns requests into jobs, its
+    timeout has come, or another batch of the account has requests pending (a full pass shares the
+    account's job quota between batches, the one with the fewest active members first)."""
     batch_id = parse_arn(batch_arn).resource_id
     with platform.db.reader() as connection:
         row = store.successor_batch(connection, batch_id)

@@ -41,6 +41,8 @@ DEFAULT_PAGE = 100
 LIST_FILTERS = {"status", "simulationApplicationName", "robotApplicationName"}
 REPORT_PHASES = {"Preparing", "Running", "Restarting", "RunningFailed", "Terminating"}
 OUTCOMES = {"Completed", "Failed", "Canceled", "Terminated"}
+# platform.notify(BATCH_MEMBER_ENDED, batch_arn): a batch member's final report (for the batch controller)
+BATCH_MEMBER_ENDED = "simulation_batch_member_ended"
 
 
 class RunnerAuthError(Exception):
@@ -509,7 +511,7 @@ def record_runner_report(platform: Any, job_id: str, token: str, report: dict[st
             credentials.revoke(session, f"job:{job.arn}")
         store.save_report_job(session, job)
     if finished and job.batch_arn is not None:
-        platform.notify("simulation_batch_member_ended", job.batch_arn)  # its successor, then admission
+        platform.notify(BATCH_MEMBER_ENDED, job.batch_arn)  # its successor, then admission
     elif finished:
         platform.notify("simulation_jobs")
     return {"action": action}

@@ -206,6 +206,8 @@ def main() -> int:
         help="pairs measured one after the other; the median pair is reported",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     pairs = []
     with tempfile.TemporaryDirectory(prefix="orm-batch-bench-") as tmp:

@@ -518,9 +518,10 @@ def start_successors(platform: Any, batch_arn: str, ended: int, now: float) -> b
     batch_id = parse_arn(batch_arn).resource_id
     with platform.db.reader() as connection:
         row = store.successor_batch(connection, batch_id)
-    if row is None or row.status not in DRIVING_STATUSES or now >= row.deadline_at or row.others_waiting:
-        return False
-    return create_members(platform, batch_id, ended, now) == ended
+        if row is None or row.status not in DRIVING_STATUSES or now >= row.deadline_at or row.others_waiting:
+            return False
+        due = _due_requests(connection, batch_id, ended, now)
+    return _create_due(platform, batch_id, row, due) == ended
 
 
 def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:
@@ -534,13 +535,22 @@ def create_members(platform: Any, batch_id: str, room: int, now: float) -> int:
         row = store.pass_batch(connection, batch_id)
         if row is None or row.status not in DRIVING_STATUSES:
             return 0
-        due = store.due_pending_requests(
-            connection,
-            batch_id,
-            room,
-            backoff_code=INTERNAL_ERROR,
-            tried_before=now - RETRY_INTERNAL_ERROR_AFTER_SECONDS,
-        )
+        due = _due_requests(connection, batch_id, room, now)
+    return _create_due(platform, batch_id, row, due)
+
+
+def _due_requests(connection, batch_id: str, limit: int, now: float) -> list:
+    return store.due_pending_requests(
+        connection,
+        batch_id,
+        limit,
+        backoff_code=INTERNAL_ERROR,
+        tried_before=now - RETRY_INTERNAL_ERROR_AFTER_SECONDS,
+    )
+
+
+def _create_due(platform: Any, batch_id: str, row: Any, due: list) -> int:
+    """Member jobs for the `due` requests of the batch read as `row` (its account and region); how many."""
     if not due:
         return 0
     requests = {position: request for position, request in due}

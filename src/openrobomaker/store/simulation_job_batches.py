@@ -289,11 +289,10 @@ _OTHERS_WAITING = (
     .correlate(SimulationJobBatchRow)
     .scalar_subquery()
 )
-_SUCCESSOR_BATCH = select(
-    SimulationJobBatchRow.status,
-    SimulationJobBatchRow.deadline_at,
-    _OTHERS_WAITING.label("others_waiting"),
-).where(SimulationJobBatchRow.batch_id == bindparam("batch_id"))
+# What a member-creating pass reads of the batch, with its deadline and the account's other waiting batches.
+_SUCCESSOR_BATCH = _PASS_BATCH.add_columns(
+    SimulationJobBatchRow.deadline_at, _OTHERS_WAITING.label("others_waiting")
+)
 _DUE_PENDING = (
     select(BatchRequestRow.position, BatchRequestRow.request)
     .where(BatchRequestRow.batch_id == bindparam("batch_id"), BatchRequestRow.state == PENDING)
@@ -359,8 +358,8 @@ def pass_batch(connection: Session | Connection, batch_id: str) -> Row | None:
 
 
 def successor_batch(connection: Session | Connection, batch_id: str) -> Row | None:
-    """The batch's status and deadline, and how many other active batches of its account have requests
-    pending (they share the account's job quota with it)."""
+    """`pass_batch`'s columns with the batch's deadline, and how many other active batches of its account
+    have requests pending (they share the account's job quota with it)."""
     return connection.execute(_SUCCESSOR_BATCH, {"batch_id": batch_id}).first()
 
 
